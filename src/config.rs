@@ -1,0 +1,521 @@
+//! `broker.toml` plus `CHATMQ_*` environment overrides, validated once at startup.
+//!
+//! Environment overrides name a key path with `__` between levels, e.g.
+//! `CHATMQ_MQTT__LISTEN=0.0.0.0:1883` or `CHATMQ_AUTH__SECRET=...`. Values that parse as a
+//! TOML scalar (number, boolean) or array/inline table are taken as such, anything else as
+//! a string. Variables without `__` (e.g. `CHATMQ_SCYLLA_NODES`, used by tests) are not
+//! overrides.
+
+use crate::acl::AclRule;
+use crate::store::StoreConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub chat: ChatConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub acl: Vec<AclRule>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Plain TCP listener (MQTT 3.1.1 and 5.0 on one port).
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub websocket: Option<WebSocketConfig>,
+    /// Largest MQTT packet accepted (bytes). Larger than `chat.max_payload` on purpose, so an
+    /// oversized chat payload gets a `too_large` answer instead of a dropped connection.
+    pub max_packet_size: usize,
+    pub max_connections: usize,
+    /// Time allowed between accepting a socket and receiving CONNECT.
+    pub connect_timeout_ms: u64,
+    /// Outgoing QoS 1 chat deliveries in flight per connection (capped by the client's
+    /// receive maximum).
+    pub max_inflight: u16,
+    /// Queued chat deliveries per connection before the connection counts as lagging.
+    pub outbound_queue: usize,
+    /// Upper bound for a client's keep-alive (seconds); 0 = no bound.
+    pub max_keep_alive_secs: u16,
+    /// How long a persistent session (3.1.1 clean_session = false, or 5.0 session expiry)
+    /// is kept after its connection ends, at most.
+    pub max_session_expiry_secs: u32,
+    /// Topic aliases a 5.0 client may use towards the server.
+    pub topic_alias_max: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            tls: None,
+            websocket: None,
+            max_packet_size: 1024 * 1024,
+            max_connections: 100_000,
+            connect_timeout_ms: 5_000,
+            max_inflight: 100,
+            outbound_queue: 4_096,
+            max_keep_alive_secs: 0,
+            max_session_expiry_secs: 7 * 24 * 3600,
+            topic_alias_max: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    pub listen: SocketAddr,
+    /// HTTP path of the MQTT endpoint.
+    #[serde(default = "default_ws_path")]
+    pub path: String,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".to_owned()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `/metrics`, `/healthz`, `/readyz`. Unset = no HTTP listener.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    #[default]
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The only algorithm accepted; never taken from the token.
+    #[serde(default)]
+    pub algorithm: JwtAlgorithm,
+    /// Shared secret for HS*.
+    pub secret: Option<String>,
+    /// PEM public key file for RS256/ES256/EdDSA.
+    pub public_key_file: Option<PathBuf>,
+    /// PEM private key file, only used by `chatmq token` with an asymmetric algorithm.
+    pub private_key_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf`, seconds.
+    pub leeway_secs: u64,
+    /// Accept connections without credentials (general plane only; chat topics need a user).
+    pub allow_anonymous: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithm: JwtAlgorithm::HS256,
+            secret: None,
+            public_key_file: None,
+            private_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 5,
+            allow_anonymous: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Encoding of server-published payloads: "msgpack" or "json".
+    pub encoding: String,
+    pub max_payload: usize,
+    pub max_text: usize,
+    pub max_cid: usize,
+    pub group_max_members: u64,
+    /// Group receipts are forwarded on the group topic only up to this many members.
+    pub group_receipts_max: u64,
+    /// Sustained messages per second per user (send + receipt + rpc).
+    pub rate_per_sec: f64,
+    /// Burst allowance per user.
+    pub rate_burst: f64,
+    /// Typing indicators per second per user.
+    pub typing_per_sec: f64,
+    /// Offline DMs pushed per page when an inbox is subscribed.
+    pub offline_page: u32,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            encoding: "msgpack".to_owned(),
+            max_payload: 64 * 1024,
+            max_text: 16 * 1024,
+            max_cid: 64,
+            group_max_members: 50_000,
+            group_receipts_max: 256,
+            rate_per_sec: 50.0,
+            rate_burst: 200.0,
+            typing_per_sec: 2.0,
+            offline_page: 100,
+        }
+    }
+}
+
+/// Sizes of the embedded rumqttd router that serves the general (non-chat) plane.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Local links (connections that used a general topic) the router holds at once.
+    pub max_connections: usize,
+    /// Packets buffered per link before the router pauses it.
+    pub max_outgoing_packet_count: u64,
+    /// Bytes per log segment of a filter.
+    pub max_segment_size: usize,
+    /// Segments kept per filter.
+    pub max_segment_count: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_connections: 50_000,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 4 * 1024 * 1024,
+            max_segment_count: 4,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directive (overridden by `RUST_LOG`).
+    pub level: String,
+    /// "text" or "json".
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: "text".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies the process environment's `CHATMQ_*` overrides, validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, std::env::vars(), base)
+    }
+
+    /// Parses a config from text plus overrides (`(name, value)` pairs as in the environment).
+    /// Relative file paths in the config are resolved against `base`.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        base: &Path,
+    ) -> Result<Config, ConfigError> {
+        let mut doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("CHATMQ_") else {
+                continue;
+            };
+            if !path.contains("__") {
+                continue;
+            }
+            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            apply_override(&mut doc, &keys, &value)
+                .map_err(|reason| invalid(&format!("{name} (environment)"), reason))?;
+        }
+        let mut config: Config = Config::deserialize(doc)
+            .map_err(|e| ConfigError::Parse(format!("broker config: {e}")))?;
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(tls) = &mut self.mqtt.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
+        if let Some(p) = &mut self.auth.public_key_file {
+            fix(p);
+        }
+        if let Some(p) = &mut self.auth.private_key_file {
+            fix(p);
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        if m.max_packet_size < 1024 {
+            return Err(invalid("mqtt.max_packet_size", "must be at least 1024"));
+        }
+        if m.max_packet_size <= self.chat.max_payload {
+            return Err(invalid(
+                "mqtt.max_packet_size",
+                "must be larger than chat.max_payload (so oversized chat payloads get an error answer)",
+            ));
+        }
+        if m.max_connections == 0 {
+            return Err(invalid("mqtt.max_connections", "must be at least 1"));
+        }
+        if m.max_inflight == 0 {
+            return Err(invalid("mqtt.max_inflight", "must be at least 1"));
+        }
+        if m.outbound_queue < 16 {
+            return Err(invalid("mqtt.outbound_queue", "must be at least 16"));
+        }
+        if let Some(ws) = &m.websocket {
+            if !ws.path.starts_with('/') {
+                return Err(invalid("mqtt.websocket.path", "must start with '/'"));
+            }
+        }
+        self.validate_auth()?;
+        let c = &self.chat;
+        if !matches!(c.encoding.as_str(), "msgpack" | "json") {
+            return Err(invalid("chat.encoding", "must be \"msgpack\" or \"json\""));
+        }
+        if c.max_payload < 256 {
+            return Err(invalid("chat.max_payload", "must be at least 256"));
+        }
+        if c.max_text == 0 || c.max_text > c.max_payload {
+            return Err(invalid("chat.max_text", "must be between 1 and chat.max_payload"));
+        }
+        if c.max_cid == 0 || c.max_cid > 256 {
+            return Err(invalid("chat.max_cid", "must be between 1 and 256"));
+        }
+        if c.group_max_members < 2 {
+            return Err(invalid("chat.group_max_members", "must be at least 2"));
+        }
+        if !(c.rate_per_sec > 0.0) || !c.rate_per_sec.is_finite() {
+            return Err(invalid("chat.rate_per_sec", "must be a positive number"));
+        }
+        if c.rate_burst < 1.0 || !c.rate_burst.is_finite() {
+            return Err(invalid("chat.rate_burst", "must be at least 1"));
+        }
+        if !(c.typing_per_sec > 0.0) || !c.typing_per_sec.is_finite() {
+            return Err(invalid("chat.typing_per_sec", "must be a positive number"));
+        }
+        if c.offline_page == 0 || c.offline_page > 1000 {
+            return Err(invalid("chat.offline_page", "must be between 1 and 1000"));
+        }
+        let e = &self.engine;
+        if e.max_connections == 0 {
+            return Err(invalid("engine.max_connections", "must be at least 1"));
+        }
+        if e.max_segment_size < 1024 {
+            return Err(invalid("engine.max_segment_size", "must be at least 1024"));
+        }
+        if e.max_segment_count == 0 {
+            return Err(invalid("engine.max_segment_count", "must be at least 1"));
+        }
+        if e.max_outgoing_packet_count == 0 {
+            return Err(invalid("engine.max_outgoing_packet_count", "must be at least 1"));
+        }
+        for (i, rule) in self.acl.iter().enumerate() {
+            rule.validate()
+                .map_err(|reason| invalid(&format!("acl[{i}].topic"), reason))?;
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        match a.algorithm {
+            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512 => match &a.secret {
+                None => Err(invalid("auth.secret", "required for an HS* algorithm")),
+                Some(s) if s.len() < 16 => Err(invalid(
+                    "auth.secret",
+                    "must be at least 16 bytes (32 or more recommended)",
+                )),
+                Some(_) => Ok(()),
+            },
+            _ => match &a.public_key_file {
+                None => Err(invalid(
+                    "auth.public_key_file",
+                    "required for RS256/ES256/EdDSA",
+                )),
+                Some(p) if !p.is_file() => Err(invalid(
+                    "auth.public_key_file",
+                    format!("{} is not a readable file", p.display()),
+                )),
+                Some(_) => Ok(()),
+            },
+        }
+    }
+}
+
+/// Sets `keys` (a path of table keys) in `doc` to `raw`, creating tables on the way.
+fn apply_override(doc: &mut toml::Table, keys: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("empty key")?;
+    let mut table = doc;
+    for key in parents {
+        let entry = table
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{key}` is not a table"))?;
+    }
+    table.insert(last.clone(), parse_scalar(raw));
+    Ok(())
+}
+
+fn parse_scalar(raw: &str) -> toml::Value {
+    // Parse as the right-hand side of a TOML assignment; fall back to a plain string so that
+    // secrets and addresses need no quoting.
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [auth]
+        secret = "0123456789abcdef0123456789abcdef"
+    "#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_toml(text, env, Path::new("."))
+    }
+
+    #[test]
+    fn minimal_config_uses_defaults() {
+        let c = load(MINIMAL, &[]).expect("valid");
+        assert_eq!(c.mqtt.listen, SocketAddr::from(([127, 0, 0, 1], 1883)));
+        assert_eq!(c.chat.group_max_members, 50_000);
+        assert!(!c.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_with_types() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("CHATMQ_MQTT__LISTEN", "0.0.0.0:11883"),
+                ("CHATMQ_CHAT__GROUP_MAX_MEMBERS", "10"),
+                ("CHATMQ_AUTH__ALLOW_ANONYMOUS", "true"),
+                ("CHATMQ_SCYLLA_NODES", "ignored"),
+                ("HOME", "/root"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.mqtt.listen.port(), 11883);
+        assert_eq!(c.chat.group_max_members, 10);
+        assert!(c.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = load(
+            MINIMAL,
+            &[("CHATMQ_CHAT__ENCODING", "xml")],
+        )
+        .expect_err("invalid");
+        assert!(err.to_string().starts_with("chat.encoding:"), "{err}");
+
+        let err = load("[auth]\nsecret = \"short\"", &[]).expect_err("invalid");
+        assert!(err.to_string().starts_with("auth.secret:"), "{err}");
+
+        let err = load("[auth]\nalgorithm = \"RS256\"", &[]).expect_err("invalid");
+        assert!(err.to_string().starts_with("auth.public_key_file:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = load(&format!("{MINIMAL}\n[mqtt]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3"), &[])
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn shipped_broker_toml_is_valid() {
+        let text = include_str!("../broker.toml");
+        load(text, &[]).expect("broker.toml must be valid as shipped");
+    }
+}

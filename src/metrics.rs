@@ -1,0 +1,56 @@
+//! Metric names in one place, and the one Prometheus recorder.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Gauge: open MQTT connections.
+pub const CONNECTIONS: &str = "chatmq_connections";
+/// Counter, label `result` (`ok`, `bad_credentials`, `not_authorized`, `bad_client_id`,
+/// `protocol_error`, `timeout`, `server_busy`).
+pub const CONNECTS: &str = "chatmq_connects_total";
+/// Counter, label `reason`: JWT refusals.
+pub const AUTH_FAILURES: &str = "chatmq_auth_failures_total";
+/// Counter, label `type`: MQTT packets received.
+pub const PACKETS_RECEIVED: &str = "chatmq_packets_received_total";
+/// Counter, label `type`: MQTT packets sent.
+pub const PACKETS_SENT: &str = "chatmq_packets_sent_total";
+/// Counter, labels `plane` (`chat`, `general`) and `kind` (`send`, `receipt`, `typing`,
+/// `rpc`, `publish`, `delivery`).
+pub const MESSAGES: &str = "chatmq_messages_total";
+/// Counter, label `action` (`publish`, `subscribe`).
+pub const ACL_DENIALS: &str = "chatmq_acl_denials_total";
+/// Counter, label `reason`: connections closed for a protocol violation.
+pub const PROTOCOL_ERRORS: &str = "chatmq_protocol_errors_total";
+/// Counter: chat deliveries dropped because a connection's queue was full.
+pub const DELIVERIES_DROPPED: &str = "chatmq_deliveries_dropped_total";
+/// Histogram, label `op`: store call latency in seconds.
+pub const STORE_LATENCY: &str = "chatmq_store_latency_seconds";
+/// Histogram: send received → delivery queued to the recipient's connection, seconds.
+pub const DELIVERY_LATENCY: &str = "chatmq_delivery_latency_seconds";
+/// Gauge: undelivered DMs of the users that connected since start (updated on push).
+pub const PENDING_OFFLINE: &str = "chatmq_pending_offline_messages";
+/// Counter, label `code`: chat errors answered to clients.
+pub const CHAT_ERRORS: &str = "chatmq_chat_errors_total";
+
+/// Installs the process-wide recorder. Safe to call more than once (tests start several
+/// brokers in one process): later calls return a handle to a fresh, uninstalled recorder.
+pub fn install() -> PrometheusHandle {
+    let builder = || {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0,
+                ],
+            )
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+    };
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| match builder().install_recorder() {
+            Ok(h) => h,
+            // Another recorder is installed (embedding application): render our own, empty.
+            Err(_) => builder().build_recorder().handle(),
+        })
+        .clone()
+}
