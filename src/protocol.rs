@@ -1,1 +1,0 @@
-//! Topic names and payload types of the chat protocol, and the MessagePack/JSON codec.

@@ -1,0 +1,767 @@
+//! Client → server payloads (`chat/u/{me}/out/…`): decoding and validation.
+//!
+//! Every `decode_*` function checks the size limit, decodes, then validates, so that a value
+//! it returns can be acted on without further checks on its shape. Permission checks (is this
+//! user a member, an admin…) are the chat layer's.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::codec::{decode, probe, short, Id, PayloadError, Rid};
+use super::responses::AckError;
+use super::ChatError;
+use crate::store::{valid_id, ConvId, PageDir, ProfileUpdate, ReceiptKind};
+
+/// Payload size limits (`[chat]` in broker.toml).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest accepted payload, bytes.
+    pub max_payload: usize,
+    /// Largest text (message text, media caption), UTF-8 bytes.
+    pub max_text: usize,
+    /// Longest `cid` (and string `rid`), characters.
+    pub max_cid: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_payload: 64 * 1024,
+            max_text: 16 * 1024,
+            max_cid: 64,
+        }
+    }
+}
+
+impl Limits {
+    /// For config validation: the key at fault and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.max_payload < 1024 {
+            return Err(("max_payload", "must be at least 1024 bytes".into()));
+        }
+        if self.max_text == 0 || self.max_text > self.max_payload {
+            return Err(("max_text", "must be between 1 and max_payload".into()));
+        }
+        if self.max_cid == 0 || self.max_cid > 1024 {
+            return Err(("max_cid", "must be between 1 and 1024".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Most users in one request (`members`, `users`).
+pub const MAX_USERS_PER_CALL: usize = 1000;
+/// Largest `limit` of `history` and `conversations`.
+pub const MAX_PAGE_LIMIT: u32 = 100;
+/// `limit` of `history` and `conversations` when none is given.
+pub const DEFAULT_PAGE_LIMIT: u32 = 50;
+/// Longest group name, characters.
+pub const MAX_GROUP_NAME: usize = 100;
+/// Longest profile display name, characters.
+pub const MAX_DISPLAY_NAME: usize = 64;
+/// Longest profile status ("about"), characters.
+pub const MAX_STATUS: usize = 140;
+/// Longest avatar URL, bytes.
+pub const MAX_AVATAR_URL: usize = 2048;
+/// Longest media URL, bytes.
+pub const MAX_URL: usize = 2048;
+/// Longest media MIME type, bytes.
+pub const MAX_MIME: usize = 127;
+/// Longest media file name, characters.
+pub const MAX_MEDIA_NAME: usize = 255;
+/// Largest inline thumbnail (base64 text), bytes.
+pub const MAX_THUMB: usize = 16 * 1024;
+/// Largest media size, width or duration that JavaScript can hold exactly (2^53 − 1).
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Who a message or typing indicator is for: `"u:{user}"` or `"g:{gid}"` on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    User(String),
+    Group(String),
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Option<Target> {
+        if let Some(user) = s.strip_prefix("u:") {
+            valid_id(user).then(|| Target::User(user.to_owned()))
+        } else if let Some(gid) = s.strip_prefix("g:") {
+            valid_id(gid).then(|| Target::Group(gid.to_owned()))
+        } else {
+            None
+        }
+    }
+
+    /// The conversation a message from `me` to this target belongs to. `None` for a DM to
+    /// oneself, which has no conversation id (`d:{a}:{b}` needs two distinct users).
+    pub fn conv(&self, me: &str) -> Option<ConvId> {
+        match self {
+            Target::User(user) if user == me => None,
+            Target::User(user) => Some(ConvId::direct(me, user)),
+            Target::Group(gid) => Some(ConvId::group(gid)),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::User(u) => write!(f, "u:{u}"),
+            Target::Group(g) => write!(f, "g:{g}"),
+        }
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Target, D::Error> {
+        let s = String::deserialize(d)?;
+        Target::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected \"u:{{user}}\" or \"g:{{gid}}\" with an id of 1-64 characters \
+                 [A-Za-z0-9_.-], got \"{}\"",
+                short(&s)
+            ))
+        })
+    }
+}
+
+/// A message body, tagged by `type`. Stored as a MessagePack map ([`super::encode_body`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Body {
+    Text { text: String },
+    Media(Media),
+}
+
+/// A media message by reference: the client uploads the file elsewhere (encrypted or not) and
+/// sends where it is and how to check it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Media {
+    /// `https://` or `http://`.
+    pub url: String,
+    pub mime: String,
+    /// Bytes.
+    pub size: u64,
+    /// Lowercase or uppercase hex SHA-256 of the file at `url`.
+    pub sha256: String,
+    /// File name to show for documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Audio/video length, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u64>,
+    /// Small inline preview image, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumb: Option<String>,
+    /// Text shown under the media.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+}
+
+/// `out/send`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendRequest {
+    pub cid: String,
+    pub to: Target,
+    pub body: Body,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Id>,
+}
+
+/// `out/receipt`: everything in `conv` up to seq `up_to` was delivered to / read by me.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptRequest {
+    pub conv: ConvId,
+    pub up_to: u64,
+    pub kind: ReceiptKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TypingState {
+    Typing,
+    Paused,
+}
+
+/// `out/typing`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingRequest {
+    pub to: Target,
+    pub state: TypingState,
+}
+
+/// `out/rpc`, decoded and validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcRequest {
+    pub rid: Rid,
+    pub op: RpcOp,
+}
+
+/// The operations of SPEC §5. User lists are deduplicated (first occurrence kept) and hold
+/// 1 to [`MAX_USERS_PER_CALL`] valid ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RpcOp {
+    /// `limit` 1..=100 (default 50); `before`: only conversations with last activity earlier
+    /// than this ts (ms).
+    Conversations {
+        limit: u32,
+        before: Option<i64>,
+    },
+    /// `limit` 1..=100 (default 50). No anchor = the newest page.
+    History {
+        conv: ConvId,
+        dir: PageDir,
+        limit: u32,
+    },
+    /// `members` may be empty; it never contains duplicates but may contain the creator.
+    GroupCreate {
+        name: String,
+        members: Vec<String>,
+    },
+    GroupAdd {
+        gid: String,
+        users: Vec<String>,
+    },
+    GroupRemove {
+        gid: String,
+        users: Vec<String>,
+    },
+    GroupLeave {
+        gid: String,
+    },
+    GroupInfo {
+        gid: String,
+    },
+    GroupList,
+    ProfileSet(ProfileUpdate),
+    ProfileGet {
+        users: Vec<String>,
+    },
+    PresenceGet {
+        users: Vec<String>,
+    },
+}
+
+impl RpcOp {
+    /// The `op` string on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RpcOp::Conversations { .. } => "conversations",
+            RpcOp::History { .. } => "history",
+            RpcOp::GroupCreate { .. } => "group.create",
+            RpcOp::GroupAdd { .. } => "group.add",
+            RpcOp::GroupRemove { .. } => "group.remove",
+            RpcOp::GroupLeave { .. } => "group.leave",
+            RpcOp::GroupInfo { .. } => "group.info",
+            RpcOp::GroupList => "group.list",
+            RpcOp::ProfileSet(_) => "profile.set",
+            RpcOp::ProfileGet { .. } => "profile.get",
+            RpcOp::PresenceGet { .. } => "presence.get",
+        }
+    }
+}
+
+/// An rpc that could not be decoded, with the `rid` when one could be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct RpcError {
+    pub rid: Option<Rid>,
+    pub error: ChatError,
+}
+
+fn oversized(payload: &[u8], limits: &Limits) -> Option<ChatError> {
+    (payload.len() > limits.max_payload).then(|| {
+        ChatError::too_large(format!(
+            "payload is {} bytes; the limit is {}",
+            payload.len(),
+            limits.max_payload
+        ))
+    })
+}
+
+fn malformed(err: PayloadError) -> ChatError {
+    ChatError::bad_request(err.to_string())
+}
+
+/// The client's `cid`, if it can be read and is fit to echo back.
+fn probe_cid(payload: &[u8], limits: &Limits) -> Option<String> {
+    match probe(payload, "cid")? {
+        Rid::Str(cid) if check_cid(&cid, limits).is_ok() => Some(cid),
+        _ => None,
+    }
+}
+
+fn probe_rid(payload: &[u8], limits: &Limits) -> Option<Rid> {
+    probe(payload, "rid").filter(|rid| check_rid(rid, limits).is_ok())
+}
+
+/// Decodes and validates `out/send`. The error carries the `cid` when it could be read, so
+/// it can be answered as `{cid, error}` on `in/ack`.
+pub fn decode_send(payload: &[u8], limits: &Limits) -> Result<SendRequest, AckError> {
+    let fail = |error| AckError {
+        cid: probe_cid(payload, limits),
+        error,
+    };
+    if let Some(error) = oversized(payload, limits) {
+        return Err(fail(error));
+    }
+    let req: SendRequest = decode(payload).map_err(|e| fail(malformed(e)))?;
+    req.validate(limits).map_err(fail)?;
+    Ok(req)
+}
+
+/// Decodes and validates `out/receipt`.
+pub fn decode_receipt(payload: &[u8], limits: &Limits) -> Result<ReceiptRequest, ChatError> {
+    if let Some(error) = oversized(payload, limits) {
+        return Err(error);
+    }
+    let req: ReceiptRequest = decode(payload).map_err(malformed)?;
+    if ConvId::parse(req.conv.as_str()).is_none() {
+        return Err(ChatError::bad_request(format!(
+            "conv: \"{}\" is not a conversation id (\"d:{{a}}:{{b}}\" with a < b, or \"g:{{gid}}\")",
+            short(req.conv.as_str())
+        )));
+    }
+    if req.up_to == 0 {
+        return Err(ChatError::bad_request("up_to: seqs start at 1"));
+    }
+    Ok(req)
+}
+
+/// Decodes and validates `out/typing`.
+pub fn decode_typing(payload: &[u8], limits: &Limits) -> Result<TypingRequest, ChatError> {
+    if let Some(error) = oversized(payload, limits) {
+        return Err(error);
+    }
+    decode(payload).map_err(malformed)
+}
+
+/// Decodes and validates `out/rpc`.
+pub fn decode_rpc(payload: &[u8], limits: &Limits) -> Result<RpcRequest, RpcError> {
+    let fail = |error| RpcError {
+        rid: probe_rid(payload, limits),
+        error,
+    };
+    if let Some(error) = oversized(payload, limits) {
+        return Err(fail(error));
+    }
+    let wire: RpcWire = decode(payload).map_err(|e| fail(malformed(e)))?;
+    let Some(rid) = wire.rid.clone() else {
+        return Err(fail(ChatError::bad_request("missing field `rid`")));
+    };
+    check_rid(&rid, limits).map_err(fail)?;
+    let op = wire.into_op().map_err(|error| RpcError {
+        rid: Some(rid.clone()),
+        error,
+    })?;
+    Ok(RpcRequest { rid, op })
+}
+
+fn check_cid(cid: &str, limits: &Limits) -> Result<(), ChatError> {
+    check_label("cid", cid, limits.max_cid)
+}
+
+fn check_rid(rid: &Rid, limits: &Limits) -> Result<(), ChatError> {
+    match rid {
+        Rid::Str(s) => check_label("rid", s, limits.max_cid),
+        Rid::U64(_) | Rid::I64(_) => Ok(()),
+    }
+}
+
+/// A client-chosen correlation string: echoed in logs and answers, so no control characters.
+fn check_label(field: &str, s: &str, max: usize) -> Result<(), ChatError> {
+    if s.is_empty() {
+        return Err(ChatError::bad_request(format!(
+            "{field}: must not be empty"
+        )));
+    }
+    let chars = s.chars().count();
+    if chars > max {
+        return Err(ChatError::bad_request(format!(
+            "{field}: {chars} characters; the limit is {max}"
+        )));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(ChatError::bad_request(format!(
+            "{field}: must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Free text shown to people (names, statuses, file names): bounded in characters, no
+/// control characters other than newlines where `multiline`.
+fn check_text_field(
+    field: &str,
+    s: &str,
+    max_chars: usize,
+    multiline: bool,
+) -> Result<(), ChatError> {
+    let chars = s.chars().count();
+    if chars > max_chars {
+        return Err(ChatError::bad_request(format!(
+            "{field}: {chars} characters; the limit is {max_chars}"
+        )));
+    }
+    if s.chars()
+        .any(|c| c.is_control() && !(multiline && c == '\n'))
+    {
+        return Err(ChatError::bad_request(format!(
+            "{field}: must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_http_url(field: &str, url: &str, max: usize) -> Result<(), ChatError> {
+    if url.len() > max {
+        return Err(ChatError::bad_request(format!(
+            "{field}: {} bytes; the limit is {max}",
+            url.len()
+        )));
+    }
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("http://") {
+        &url[7..]
+    } else {
+        return Err(ChatError::bad_request(format!(
+            "{field}: must be an http:// or https:// URL"
+        )));
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err(ChatError::bad_request(format!("{field}: URL has no host")));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ChatError::bad_request(format!(
+            "{field}: URL must not contain whitespace"
+        )));
+    }
+    Ok(())
+}
+
+impl SendRequest {
+    pub fn validate(&self, limits: &Limits) -> Result<(), ChatError> {
+        check_cid(&self.cid, limits)?;
+        self.body.validate(limits)
+    }
+}
+
+impl Body {
+    pub fn validate(&self, limits: &Limits) -> Result<(), ChatError> {
+        match self {
+            Body::Text { text } => check_message_text("body.text", text, limits, true),
+            Body::Media(media) => media.validate(limits),
+        }
+    }
+}
+
+fn check_message_text(
+    field: &str,
+    text: &str,
+    limits: &Limits,
+    required: bool,
+) -> Result<(), ChatError> {
+    if text.len() > limits.max_text {
+        return Err(ChatError::too_large(format!(
+            "{field}: {} bytes; the limit is {}",
+            text.len(),
+            limits.max_text
+        )));
+    }
+    if required && text.trim().is_empty() {
+        return Err(ChatError::bad_request(format!(
+            "{field}: must not be empty"
+        )));
+    }
+    Ok(())
+}
+
+impl Media {
+    pub fn validate(&self, limits: &Limits) -> Result<(), ChatError> {
+        check_http_url("body.url", &self.url, MAX_URL)?;
+        let mime_ok = self.mime.len() <= MAX_MIME
+            && matches!(self.mime.split_once('/'), Some((t, s))
+                if is_mime_token(t) && is_mime_token(s.split(';').next().unwrap_or("").trim_end()));
+        if !mime_ok {
+            return Err(ChatError::bad_request(format!(
+                "body.mime: \"{}\" is not a MIME type like \"image/jpeg\" (at most {MAX_MIME} bytes)",
+                short(&self.mime)
+            )));
+        }
+        if self.size == 0 || self.size > MAX_SAFE_INTEGER {
+            return Err(ChatError::bad_request(format!(
+                "body.size: must be between 1 and {MAX_SAFE_INTEGER} bytes"
+            )));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ChatError::bad_request(
+                "body.sha256: must be 64 hexadecimal characters",
+            ));
+        }
+        if let Some(name) = &self.name {
+            check_text_field("body.name", name, MAX_MEDIA_NAME, false)?;
+        }
+        for (field, v) in [("body.width", self.width), ("body.height", self.height)] {
+            if v == Some(0) {
+                return Err(ChatError::bad_request(format!(
+                    "{field}: must be at least 1"
+                )));
+            }
+        }
+        if self.duration.is_some_and(|d| d > MAX_SAFE_INTEGER) {
+            return Err(ChatError::bad_request(format!(
+                "body.duration: must be at most {MAX_SAFE_INTEGER} ms"
+            )));
+        }
+        if let Some(thumb) = &self.thumb {
+            if thumb.len() > MAX_THUMB {
+                return Err(ChatError::too_large(format!(
+                    "body.thumb: {} bytes; the limit is {MAX_THUMB}",
+                    thumb.len()
+                )));
+            }
+            let base64 = thumb.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
+            });
+            if thumb.is_empty() || !base64 {
+                return Err(ChatError::bad_request(
+                    "body.thumb: must be non-empty base64",
+                ));
+            }
+        }
+        if let Some(caption) = &self.caption {
+            check_message_text("body.caption", caption, limits, false)?;
+        }
+        Ok(())
+    }
+}
+
+fn is_mime_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+}
+
+/// `{rid, op, ...args}` as it arrives: every argument of every op, all optional, so that a
+/// missing or misplaced argument can be reported by name for the op at hand.
+#[derive(Deserialize)]
+struct RpcWire {
+    rid: Option<Rid>,
+    op: Option<String>,
+    limit: Option<u32>,
+    before: Option<u64>,
+    after: Option<u64>,
+    conv: Option<String>,
+    name: Option<String>,
+    members: Option<Vec<String>>,
+    gid: Option<String>,
+    users: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    display_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    avatar_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    status: Option<Option<String>>,
+    hide_last_seen: Option<bool>,
+}
+
+/// Tells an absent field (`None`, via `default`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+fn required<T>(op: &str, field: &str, v: Option<T>) -> Result<T, ChatError> {
+    v.ok_or_else(|| ChatError::bad_request(format!("{op}: missing `{field}`")))
+}
+
+fn check_gid(op: &str, gid: &str) -> Result<(), ChatError> {
+    if valid_id(gid) {
+        Ok(())
+    } else {
+        Err(ChatError::bad_request(format!(
+            "{op}: gid \"{}\" is not 1-64 characters [A-Za-z0-9_.-]",
+            short(gid)
+        )))
+    }
+}
+
+/// Validates and deduplicates a user list, keeping the first occurrence of each id.
+fn check_users(
+    op: &str,
+    field: &str,
+    users: Vec<String>,
+    allow_empty: bool,
+) -> Result<Vec<String>, ChatError> {
+    if users.is_empty() && !allow_empty {
+        return Err(ChatError::bad_request(format!(
+            "{op}: `{field}` must not be empty"
+        )));
+    }
+    if users.len() > MAX_USERS_PER_CALL {
+        return Err(ChatError::too_large(format!(
+            "{op}: `{field}` has {} users; the limit is {MAX_USERS_PER_CALL} per request",
+            users.len()
+        )));
+    }
+    if let Some(bad) = users.iter().find(|u| !valid_id(u)) {
+        return Err(ChatError::bad_request(format!(
+            "{op}: `{field}` contains \"{}\", which is not a user id (1-64 characters [A-Za-z0-9_.-])",
+            short(bad)
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(users.len());
+    Ok(users
+        .into_iter()
+        .filter(|u| seen.insert(u.clone()))
+        .collect())
+}
+
+fn page_limit(op: &str, limit: Option<u32>) -> Result<u32, ChatError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE_LIMIT),
+        Some(l @ 1..=MAX_PAGE_LIMIT) => Ok(l),
+        Some(l) => Err(ChatError::bad_request(format!(
+            "{op}: limit {l} is out of range 1..={MAX_PAGE_LIMIT}"
+        ))),
+    }
+}
+
+/// A profile string: `null` or `""` clears it.
+fn profile_field(
+    v: Option<Option<String>>,
+    check: impl Fn(&str) -> Result<(), ChatError>,
+) -> Result<Option<Option<String>>, ChatError> {
+    match v {
+        Some(Some(s)) if s.is_empty() => Ok(Some(None)),
+        Some(Some(s)) => {
+            check(&s).map_err(|e| ChatError::new(e.code, format!("profile.set: {}", e.message)))?;
+            Ok(Some(Some(s)))
+        }
+        other => Ok(other),
+    }
+}
+
+impl RpcWire {
+    fn into_op(self) -> Result<RpcOp, ChatError> {
+        let op = required("rpc", "op", self.op)?;
+        let name = op.as_str();
+        Ok(match name {
+            "conversations" => RpcOp::Conversations {
+                limit: page_limit(name, self.limit)?,
+                before: match self.before {
+                    None => None,
+                    Some(b) => Some(i64::try_from(b).map_err(|_| {
+                        ChatError::bad_request("conversations: `before` is a timestamp in ms")
+                    })?),
+                },
+            },
+            "history" => {
+                let conv = required(name, "conv", self.conv)?;
+                let conv = ConvId::parse(&conv).ok_or_else(|| {
+                    ChatError::bad_request(format!(
+                        "history: conv \"{}\" is not a conversation id",
+                        short(&conv)
+                    ))
+                })?;
+                let dir = match (self.before, self.after) {
+                    (Some(_), Some(_)) => {
+                        return Err(ChatError::bad_request(
+                            "history: give `before` or `after`, not both",
+                        ))
+                    }
+                    (None, Some(after)) => PageDir::After(after),
+                    (before, None) => PageDir::Before(before),
+                };
+                RpcOp::History {
+                    conv,
+                    dir,
+                    limit: page_limit(name, self.limit)?,
+                }
+            }
+            "group.create" => {
+                let group_name = required(name, "name", self.name)?;
+                if group_name.trim().is_empty() {
+                    return Err(ChatError::bad_request(
+                        "group.create: `name` must not be empty",
+                    ));
+                }
+                check_text_field("group.create: name", &group_name, MAX_GROUP_NAME, false)?;
+                RpcOp::GroupCreate {
+                    name: group_name,
+                    members: check_users(name, "members", self.members.unwrap_or_default(), true)?,
+                }
+            }
+            "group.add" | "group.remove" => {
+                let gid = required(name, "gid", self.gid)?;
+                check_gid(name, &gid)?;
+                let users =
+                    check_users(name, "users", required(name, "users", self.users)?, false)?;
+                if name == "group.add" {
+                    RpcOp::GroupAdd { gid, users }
+                } else {
+                    RpcOp::GroupRemove { gid, users }
+                }
+            }
+            "group.leave" | "group.info" => {
+                let gid = required(name, "gid", self.gid)?;
+                check_gid(name, &gid)?;
+                if name == "group.leave" {
+                    RpcOp::GroupLeave { gid }
+                } else {
+                    RpcOp::GroupInfo { gid }
+                }
+            }
+            "group.list" => RpcOp::GroupList,
+            "profile.set" => {
+                let update = ProfileUpdate {
+                    display_name: profile_field(self.display_name, |s| {
+                        check_text_field("display_name", s, MAX_DISPLAY_NAME, false)
+                    })?,
+                    avatar_url: profile_field(self.avatar_url, |s| {
+                        check_http_url("avatar_url", s, MAX_AVATAR_URL)
+                    })?,
+                    status: profile_field(self.status, |s| {
+                        check_text_field("status", s, MAX_STATUS, false)
+                    })?,
+                    hide_last_seen: self.hide_last_seen,
+                };
+                if update == ProfileUpdate::default() {
+                    return Err(ChatError::bad_request(
+                        "profile.set: give at least one of display_name, avatar_url, status, hide_last_seen",
+                    ));
+                }
+                RpcOp::ProfileSet(update)
+            }
+            "profile.get" | "presence.get" => {
+                let users =
+                    check_users(name, "users", required(name, "users", self.users)?, false)?;
+                if name == "profile.get" {
+                    RpcOp::ProfileGet { users }
+                } else {
+                    RpcOp::PresenceGet { users }
+                }
+            }
+            other => {
+                return Err(ChatError::bad_request(format!(
+                    "unknown op \"{}\"; expected one of conversations, history, group.create, \
+                     group.add, group.remove, group.leave, group.info, group.list, profile.set, \
+                     profile.get, presence.get",
+                    short(other)
+                )))
+            }
+        })
+    }
+}
