@@ -11,6 +11,7 @@
 //! decides. A wildcard filter such as `#` only ever receives general-plane traffic: chat
 //! messages never enter rumqttd.
 
+use crate::protocol::OutKind;
 use rumqttd::protocol::{matches, valid_filter};
 use serde::Deserialize;
 
@@ -101,27 +102,6 @@ pub struct Who<'a> {
     pub client_id: &'a str,
 }
 
-/// What a user may send to on the chat plane.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutTopic {
-    Send,
-    Receipt,
-    Typing,
-    Rpc,
-}
-
-impl OutTopic {
-    fn parse(s: &str) -> Option<OutTopic> {
-        Some(match s {
-            "send" => OutTopic::Send,
-            "receipt" => OutTopic::Receipt,
-            "typing" => OutTopic::Typing,
-            "rpc" => OutTopic::Rpc,
-            _ => return None,
-        })
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenyReason {
     /// Not a valid topic name / filter.
@@ -133,7 +113,7 @@ pub enum DenyReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PublishRoute {
     /// One of the user's own `out/` topics: handled by the chat layer.
-    Chat(OutTopic),
+    Chat(OutKind),
     /// A general-plane topic opened by `[[acl]]`: forwarded to rumqttd.
     General,
     Deny(DenyReason),
@@ -143,11 +123,17 @@ pub enum PublishRoute {
 pub enum SubscribeRoute {
     /// A filter inside the user's own `chat/u/{me}/` space. `inbox` is true when it covers
     /// `chat/u/{me}/in/msg` (subscribing it starts offline delivery).
-    ChatUser { inbox: bool },
+    ChatUser {
+        inbox: bool,
+    },
     /// A filter inside `chat/g/{gid}/`; membership is checked by the chat layer.
-    ChatGroup { gid: String },
+    ChatGroup {
+        gid: String,
+    },
     /// `chat/p/{user}`, exactly.
-    Presence { user: String },
+    Presence {
+        user: String,
+    },
     /// General plane (possibly `$share/...`): forwarded to rumqttd.
     General,
     Deny(DenyReason),
@@ -169,10 +155,12 @@ impl Acl {
         if let Some(rest) = topic.strip_prefix(CHAT_PREFIX) {
             let levels: Vec<&str> = rest.split('/').collect();
             return match (levels.as_slice(), who.user) {
-                (["u", user, "out", kind], Some(me)) if user == &me => match OutTopic::parse(kind) {
-                    Some(kind) => PublishRoute::Chat(kind),
-                    None => PublishRoute::Deny(DenyReason::NotAuthorized),
-                },
+                (["u", user, "out", kind], Some(me)) if user == &me => {
+                    match OutKind::from_level(kind) {
+                        Some(kind) => PublishRoute::Chat(kind),
+                        None => PublishRoute::Deny(DenyReason::NotAuthorized),
+                    }
+                }
                 _ => PublishRoute::Deny(DenyReason::NotAuthorized),
             };
         }
@@ -247,7 +235,10 @@ fn chat_subscription(user: Option<&str>, rest: &str) -> SubscribeRoute {
     match levels.as_slice() {
         ["u", u, tail @ ..] if *u == me => {
             // `chat/u/me/#`, `chat/u/me/in/#`, `chat/u/me/in/+`, `chat/u/me/in/msg`, …
-            let inbox = matches!(tail, ["#"] | ["in", "#"] | ["in", "+"] | ["in", "msg"] | ["+", "#"] | ["+", "msg"]);
+            let inbox = matches!(
+                tail,
+                ["#"] | ["in", "#"] | ["in", "+"] | ["in", "msg"] | ["+", "#"] | ["+", "msg"]
+            );
             if tail.is_empty() {
                 // `chat/u/me` itself is never published to.
                 return SubscribeRoute::Deny(DenyReason::NotAuthorized);
@@ -290,10 +281,22 @@ mod tests {
     fn chat_publish_table() {
         let acl = Acl::new(vec![rule("#", Access::ReadWrite, Permission::Allow)]);
         let w = alice();
-        assert_eq!(acl.publish(&w, "chat/u/alice/out/send"), PublishRoute::Chat(OutTopic::Send));
-        assert_eq!(acl.publish(&w, "chat/u/alice/out/receipt"), PublishRoute::Chat(OutTopic::Receipt));
-        assert_eq!(acl.publish(&w, "chat/u/alice/out/typing"), PublishRoute::Chat(OutTopic::Typing));
-        assert_eq!(acl.publish(&w, "chat/u/alice/out/rpc"), PublishRoute::Chat(OutTopic::Rpc));
+        assert_eq!(
+            acl.publish(&w, "chat/u/alice/out/send"),
+            PublishRoute::Chat(OutKind::Send)
+        );
+        assert_eq!(
+            acl.publish(&w, "chat/u/alice/out/receipt"),
+            PublishRoute::Chat(OutKind::Receipt)
+        );
+        assert_eq!(
+            acl.publish(&w, "chat/u/alice/out/typing"),
+            PublishRoute::Chat(OutKind::Typing)
+        );
+        assert_eq!(
+            acl.publish(&w, "chat/u/alice/out/rpc"),
+            PublishRoute::Chat(OutKind::Rpc)
+        );
         for denied in [
             "chat/u/bob/out/send",
             "chat/u/alice/in/msg",
@@ -305,18 +308,34 @@ mod tests {
             "chat",
             "$SYS/x",
         ] {
-            assert_eq!(acl.publish(&w, denied), PublishRoute::Deny(DenyReason::NotAuthorized), "{denied}");
+            assert_eq!(
+                acl.publish(&w, denied),
+                PublishRoute::Deny(DenyReason::NotAuthorized),
+                "{denied}"
+            );
         }
-        assert_eq!(acl.publish(&w, "a/+"), PublishRoute::Deny(DenyReason::Invalid));
+        assert_eq!(
+            acl.publish(&w, "a/+"),
+            PublishRoute::Deny(DenyReason::Invalid)
+        );
         assert_eq!(acl.publish(&w, ""), PublishRoute::Deny(DenyReason::Invalid));
     }
 
     #[test]
     fn anonymous_has_no_chat_plane() {
         let acl = Acl::new(vec![rule("#", Access::ReadWrite, Permission::Allow)]);
-        let anon = Who { user: None, client_id: "x" };
-        assert_eq!(acl.publish(&anon, "chat/u/alice/out/send"), PublishRoute::Deny(DenyReason::NotAuthorized));
-        assert_eq!(acl.subscribe(&anon, "chat/u/alice/in/#"), SubscribeRoute::Deny(DenyReason::NotAuthorized));
+        let anon = Who {
+            user: None,
+            client_id: "x",
+        };
+        assert_eq!(
+            acl.publish(&anon, "chat/u/alice/out/send"),
+            PublishRoute::Deny(DenyReason::NotAuthorized)
+        );
+        assert_eq!(
+            acl.subscribe(&anon, "chat/u/alice/in/#"),
+            SubscribeRoute::Deny(DenyReason::NotAuthorized)
+        );
         assert_eq!(acl.publish(&anon, "sensors/1"), PublishRoute::General);
     }
 
@@ -324,13 +343,34 @@ mod tests {
     fn chat_subscribe_table() {
         let acl = Acl::new(vec![]);
         let w = alice();
-        assert_eq!(acl.subscribe(&w, "chat/u/alice/in/#"), SubscribeRoute::ChatUser { inbox: true });
-        assert_eq!(acl.subscribe(&w, "chat/u/alice/#"), SubscribeRoute::ChatUser { inbox: true });
-        assert_eq!(acl.subscribe(&w, "chat/u/alice/in/msg"), SubscribeRoute::ChatUser { inbox: true });
-        assert_eq!(acl.subscribe(&w, "chat/u/alice/in/ack"), SubscribeRoute::ChatUser { inbox: false });
-        assert_eq!(acl.subscribe(&w, "chat/g/team/#"), SubscribeRoute::ChatGroup { gid: "team".into() });
-        assert_eq!(acl.subscribe(&w, "chat/g/team/msg"), SubscribeRoute::ChatGroup { gid: "team".into() });
-        assert_eq!(acl.subscribe(&w, "chat/p/bob"), SubscribeRoute::Presence { user: "bob".into() });
+        assert_eq!(
+            acl.subscribe(&w, "chat/u/alice/in/#"),
+            SubscribeRoute::ChatUser { inbox: true }
+        );
+        assert_eq!(
+            acl.subscribe(&w, "chat/u/alice/#"),
+            SubscribeRoute::ChatUser { inbox: true }
+        );
+        assert_eq!(
+            acl.subscribe(&w, "chat/u/alice/in/msg"),
+            SubscribeRoute::ChatUser { inbox: true }
+        );
+        assert_eq!(
+            acl.subscribe(&w, "chat/u/alice/in/ack"),
+            SubscribeRoute::ChatUser { inbox: false }
+        );
+        assert_eq!(
+            acl.subscribe(&w, "chat/g/team/#"),
+            SubscribeRoute::ChatGroup { gid: "team".into() }
+        );
+        assert_eq!(
+            acl.subscribe(&w, "chat/g/team/msg"),
+            SubscribeRoute::ChatGroup { gid: "team".into() }
+        );
+        assert_eq!(
+            acl.subscribe(&w, "chat/p/bob"),
+            SubscribeRoute::Presence { user: "bob".into() }
+        );
         for denied in [
             "chat/u/bob/in/#",
             "chat/u/+/in/#",
@@ -344,16 +384,29 @@ mod tests {
             "$share/g/chat/u/alice/in/#",
             "$SYS/#",
         ] {
-            assert_eq!(acl.subscribe(&w, denied), SubscribeRoute::Deny(DenyReason::NotAuthorized), "{denied}");
+            assert_eq!(
+                acl.subscribe(&w, denied),
+                SubscribeRoute::Deny(DenyReason::NotAuthorized),
+                "{denied}"
+            );
         }
-        assert_eq!(acl.subscribe(&w, "a/#/b"), SubscribeRoute::Deny(DenyReason::Invalid));
+        assert_eq!(
+            acl.subscribe(&w, "a/#/b"),
+            SubscribeRoute::Deny(DenyReason::Invalid)
+        );
     }
 
     #[test]
     fn general_plane_is_closed_by_default() {
         let acl = Acl::new(vec![]);
-        assert_eq!(acl.publish(&alice(), "sensors/1"), PublishRoute::Deny(DenyReason::NotAuthorized));
-        assert_eq!(acl.subscribe(&alice(), "#"), SubscribeRoute::Deny(DenyReason::NotAuthorized));
+        assert_eq!(
+            acl.publish(&alice(), "sensors/1"),
+            PublishRoute::Deny(DenyReason::NotAuthorized)
+        );
+        assert_eq!(
+            acl.subscribe(&alice(), "#"),
+            SubscribeRoute::Deny(DenyReason::NotAuthorized)
+        );
     }
 
     #[test]
@@ -366,23 +419,56 @@ mod tests {
         ]);
         let w = alice();
         assert_eq!(acl.publish(&w, "iot/alice/temp"), PublishRoute::General);
-        assert_eq!(acl.publish(&w, "iot/bob/temp"), PublishRoute::Deny(DenyReason::NotAuthorized));
-        assert_eq!(acl.publish(&w, "iot/alice/secret"), PublishRoute::Deny(DenyReason::NotAuthorized));
+        assert_eq!(
+            acl.publish(&w, "iot/bob/temp"),
+            PublishRoute::Deny(DenyReason::NotAuthorized)
+        );
+        assert_eq!(
+            acl.publish(&w, "iot/alice/secret"),
+            PublishRoute::Deny(DenyReason::NotAuthorized)
+        );
         assert_eq!(acl.publish(&w, "dev/phone/x"), PublishRoute::General);
-        assert_eq!(acl.subscribe(&w, "dev/phone/x"), SubscribeRoute::Deny(DenyReason::NotAuthorized));
+        assert_eq!(
+            acl.subscribe(&w, "dev/phone/x"),
+            SubscribeRoute::Deny(DenyReason::NotAuthorized)
+        );
         assert_eq!(acl.subscribe(&w, "public/+/x"), SubscribeRoute::General);
-        assert_eq!(acl.publish(&w, "public/x"), PublishRoute::Deny(DenyReason::NotAuthorized));
+        assert_eq!(
+            acl.publish(&w, "public/x"),
+            PublishRoute::Deny(DenyReason::NotAuthorized)
+        );
         // A filter wider than the rule is not covered by it.
-        assert_eq!(acl.subscribe(&w, "iot/+/temp"), SubscribeRoute::Deny(DenyReason::NotAuthorized));
+        assert_eq!(
+            acl.subscribe(&w, "iot/+/temp"),
+            SubscribeRoute::Deny(DenyReason::NotAuthorized)
+        );
         assert_eq!(acl.subscribe(&w, "iot/alice/+"), SubscribeRoute::General);
-        assert_eq!(acl.subscribe(&w, "$share/workers/iot/alice/jobs"), SubscribeRoute::General);
-        assert_eq!(acl.subscribe(&w, "$share/workers/iot/bob/jobs"), SubscribeRoute::Deny(DenyReason::NotAuthorized));
+        assert_eq!(
+            acl.subscribe(&w, "$share/workers/iot/alice/jobs"),
+            SubscribeRoute::General
+        );
+        assert_eq!(
+            acl.subscribe(&w, "$share/workers/iot/bob/jobs"),
+            SubscribeRoute::Deny(DenyReason::NotAuthorized)
+        );
         // %u never matches an anonymous client.
-        let anon = Who { user: None, client_id: "c1" };
-        assert_eq!(acl.publish(&anon, "iot/%u/x"), PublishRoute::Deny(DenyReason::NotAuthorized));
+        let anon = Who {
+            user: None,
+            client_id: "c1",
+        };
+        assert_eq!(
+            acl.publish(&anon, "iot/%u/x"),
+            PublishRoute::Deny(DenyReason::NotAuthorized)
+        );
         // A client id that would act as a wildcard is never substituted.
-        let sneaky = Who { user: Some("alice"), client_id: "#" };
-        assert_eq!(acl.publish(&sneaky, "dev/x/y"), PublishRoute::Deny(DenyReason::NotAuthorized));
+        let sneaky = Who {
+            user: Some("alice"),
+            client_id: "#",
+        };
+        assert_eq!(
+            acl.publish(&sneaky, "dev/x/y"),
+            PublishRoute::Deny(DenyReason::NotAuthorized)
+        );
     }
 
     #[test]
@@ -393,15 +479,27 @@ mod tests {
             permission: Permission::Allow,
             users: Some(vec!["loadtest".into()]),
         }]);
-        let lt = Who { user: Some("loadtest"), client_id: "c" };
+        let lt = Who {
+            user: Some("loadtest"),
+            client_id: "c",
+        };
         assert_eq!(acl.publish(&lt, "bench/1"), PublishRoute::General);
-        assert_eq!(acl.publish(&alice(), "bench/1"), PublishRoute::Deny(DenyReason::NotAuthorized));
+        assert_eq!(
+            acl.publish(&alice(), "bench/1"),
+            PublishRoute::Deny(DenyReason::NotAuthorized)
+        );
     }
 
     #[test]
     fn rule_validation() {
-        assert!(rule("chat/#", Access::Read, Permission::Allow).validate().is_err());
-        assert!(rule("a/#/b", Access::Read, Permission::Allow).validate().is_err());
-        assert!(rule("iot/%u/#", Access::Read, Permission::Allow).validate().is_ok());
+        assert!(rule("chat/#", Access::Read, Permission::Allow)
+            .validate()
+            .is_err());
+        assert!(rule("a/#/b", Access::Read, Permission::Allow)
+            .validate()
+            .is_err());
+        assert!(rule("iot/%u/#", Access::Read, Permission::Allow)
+            .validate()
+            .is_ok());
     }
 }

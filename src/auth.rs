@@ -100,7 +100,10 @@ impl Authenticator {
         let alg = algorithm(cfg.algorithm);
         let key = match cfg.algorithm {
             JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512 => {
-                let secret = cfg.secret.as_deref().ok_or(KeyError::Missing("auth.secret"))?;
+                let secret = cfg
+                    .secret
+                    .as_deref()
+                    .ok_or(KeyError::Missing("auth.secret"))?;
                 DecodingKey::from_secret(secret.as_bytes())
             }
             other => {
@@ -173,7 +176,10 @@ pub fn mint(cfg: &AuthConfig, user: &str, ttl: Duration) -> Result<String, KeyEr
     let alg = algorithm(cfg.algorithm);
     let key = match cfg.algorithm {
         JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512 => {
-            let secret = cfg.secret.as_deref().ok_or(KeyError::Missing("auth.secret"))?;
+            let secret = cfg
+                .secret
+                .as_deref()
+                .ok_or(KeyError::Missing("auth.secret"))?;
             EncodingKey::from_secret(secret.as_bytes())
         }
         other => {
@@ -235,20 +241,41 @@ mod tests {
         let secret = c.secret.clone().unwrap_or_default();
         let exp = unix_now() + 60;
         let good = serde_json::json!({"sub": "alice", "exp": exp});
-        assert_eq!(auth.verify("bob", &sign(&good, &secret, Algorithm::HS256)), Err(AuthError::SubjectMismatch));
         assert_eq!(
-            auth.verify("alice", &sign(&good, "another-secret-another-secret", Algorithm::HS256)),
+            auth.verify("bob", &sign(&good, &secret, Algorithm::HS256)),
+            Err(AuthError::SubjectMismatch)
+        );
+        assert_eq!(
+            auth.verify(
+                "alice",
+                &sign(&good, "another-secret-another-secret", Algorithm::HS256)
+            ),
             Err(AuthError::BadToken)
         );
-        assert_eq!(auth.verify("alice", &sign(&good, &secret, Algorithm::HS512)), Err(AuthError::BadToken));
+        assert_eq!(
+            auth.verify("alice", &sign(&good, &secret, Algorithm::HS512)),
+            Err(AuthError::BadToken)
+        );
         let expired = serde_json::json!({"sub": "alice", "exp": unix_now() - 3600});
-        assert_eq!(auth.verify("alice", &sign(&expired, &secret, Algorithm::HS256)), Err(AuthError::Expired));
+        assert_eq!(
+            auth.verify("alice", &sign(&expired, &secret, Algorithm::HS256)),
+            Err(AuthError::Expired)
+        );
         let no_exp = serde_json::json!({"sub": "alice"});
-        assert_eq!(auth.verify("alice", &sign(&no_exp, &secret, Algorithm::HS256)), Err(AuthError::BadToken));
+        assert_eq!(
+            auth.verify("alice", &sign(&no_exp, &secret, Algorithm::HS256)),
+            Err(AuthError::BadToken)
+        );
         let future = serde_json::json!({"sub": "alice", "exp": exp, "nbf": unix_now() + 3600});
-        assert_eq!(auth.verify("alice", &sign(&future, &secret, Algorithm::HS256)), Err(AuthError::NotYetValid));
+        assert_eq!(
+            auth.verify("alice", &sign(&future, &secret, Algorithm::HS256)),
+            Err(AuthError::NotYetValid)
+        );
         let bad_sub = serde_json::json!({"sub": "al/ice", "exp": exp});
-        assert_eq!(auth.verify("", &sign(&bad_sub, &secret, Algorithm::HS256)), Err(AuthError::BadUserId));
+        assert_eq!(
+            auth.verify("", &sign(&bad_sub, &secret, Algorithm::HS256)),
+            Err(AuthError::BadUserId)
+        );
         assert_eq!(auth.verify("alice", "not.a.jwt"), Err(AuthError::BadToken));
         assert_eq!(auth.verify("alice", ""), Err(AuthError::Missing));
     }
@@ -260,7 +287,10 @@ mod tests {
         let auth = Authenticator::new(&cfg()).expect("auth");
         let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let body = b64.encode(format!(r#"{{"sub":"alice","exp":{}}}"#, unix_now() + 60));
-        assert_eq!(auth.verify("alice", &format!("{header}.{body}.")), Err(AuthError::BadToken));
+        assert_eq!(
+            auth.verify("alice", &format!("{header}.{body}.")),
+            Err(AuthError::BadToken)
+        );
     }
 
     #[test]

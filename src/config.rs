@@ -54,7 +54,7 @@ pub struct Config {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     /// Plain TCP listener (MQTT 3.1.1 and 5.0 on one port).
     pub listen: SocketAddr,
@@ -124,7 +124,7 @@ fn default_ws_path() -> String {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// `/metrics`, `/healthz`, `/readyz`. Unset = no HTTP listener.
     pub listen: Option<SocketAddr>,
@@ -150,7 +150,7 @@ pub enum JwtAlgorithm {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// The only algorithm accepted; never taken from the token.
     #[serde(default)]
@@ -185,7 +185,7 @@ impl Default for AuthConfig {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ChatConfig {
     /// Encoding of server-published payloads: "msgpack" or "json".
     pub encoding: String,
@@ -224,7 +224,7 @@ impl Default for ChatConfig {
 
 /// Sizes of the embedded rumqttd router that serves the general (non-chat) plane.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// Local links (connections that used a general topic) the router holds at once.
     pub max_connections: usize,
@@ -248,7 +248,7 @@ impl Default for EngineConfig {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `tracing` filter directive (overridden by `RUST_LOG`).
     pub level: String,
@@ -356,7 +356,10 @@ impl Config {
             return Err(invalid("chat.max_payload", "must be at least 256"));
         }
         if c.max_text == 0 || c.max_text > c.max_payload {
-            return Err(invalid("chat.max_text", "must be between 1 and chat.max_payload"));
+            return Err(invalid(
+                "chat.max_text",
+                "must be between 1 and chat.max_payload",
+            ));
         }
         if c.max_cid == 0 || c.max_cid > 256 {
             return Err(invalid("chat.max_cid", "must be between 1 and 256"));
@@ -387,7 +390,10 @@ impl Config {
             return Err(invalid("engine.max_segment_count", "must be at least 1"));
         }
         if e.max_outgoing_packet_count == 0 {
-            return Err(invalid("engine.max_outgoing_packet_count", "must be at least 1"));
+            return Err(invalid(
+                "engine.max_outgoing_packet_count",
+                "must be at least 1",
+            ));
         }
         for (i, rule) in self.acl.iter().enumerate() {
             rule.validate()
@@ -445,7 +451,9 @@ fn parse_scalar(raw: &str) -> toml::Value {
     // Parse as the right-hand side of a TOML assignment; fall back to a plain string so that
     // secrets and addresses need no quoting.
     match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
         Err(_) => toml::Value::String(raw.to_owned()),
     }
 }
@@ -492,24 +500,26 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let err = load(
-            MINIMAL,
-            &[("CHATMQ_CHAT__ENCODING", "xml")],
-        )
-        .expect_err("invalid");
+        let err = load(MINIMAL, &[("CHATMQ_CHAT__ENCODING", "xml")]).expect_err("invalid");
         assert!(err.to_string().starts_with("chat.encoding:"), "{err}");
 
         let err = load("[auth]\nsecret = \"short\"", &[]).expect_err("invalid");
         assert!(err.to_string().starts_with("auth.secret:"), "{err}");
 
         let err = load("[auth]\nalgorithm = \"RS256\"", &[]).expect_err("invalid");
-        assert!(err.to_string().starts_with("auth.public_key_file:"), "{err}");
+        assert!(
+            err.to_string().starts_with("auth.public_key_file:"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = load(&format!("{MINIMAL}\n[mqtt]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3"), &[])
-            .expect_err("unknown key");
+        let err = load(
+            &format!("{MINIMAL}\n[mqtt]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3"),
+            &[],
+        )
+        .expect_err("unknown key");
         assert!(err.to_string().contains("listen_port"), "{err}");
     }
 

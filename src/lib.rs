@@ -6,6 +6,9 @@
 //! - `acl`: who may publish/subscribe where (pure).
 //! - `broker`: listeners, the per-connection task, the chat-plane router and the embedded
 //!   rumqttd engine for general topics.
+//! - `chat`: messaging semantics on top of the store and the chat-plane registry.
+//! - `server`: assembles a running broker (used by `main` and the end-to-end tests).
+//! - `http`: `/metrics`, `/healthz`, `/readyz`.
 //! - `store`: persistence in chat terms (`Store` trait), SQLite and ScyllaDB backends.
 //! - `protocol`: chat topic names, payload types, MessagePack/JSON codec (pure).
 //! - `metrics`: metric names and the Prometheus recorder.
@@ -13,7 +16,10 @@
 pub mod acl;
 pub mod auth;
 pub mod broker;
+pub mod chat;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod server;
 pub mod store;

@@ -1,1 +1,136 @@
-fn main() {}
+//! The `chatmq` command: `serve`, `token`, `check-config`.
+
+use anyhow::Context;
+use chatmq::config::Config;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "chatmq", version, about = "An MQTT broker with chat built in")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve {
+        #[arg(long, env = "CHATMQ_CONFIG", default_value = "broker.toml")]
+        config: PathBuf,
+        /// MQTT listen address (overrides mqtt.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// HTTP listen address for /metrics, /healthz, /readyz (overrides http.listen).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// Directory for the embedded store's database (overrides the SQLite path's folder).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Print a JWT for USER (development helper; uses the configured key).
+    Token {
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+        #[arg(long, env = "CHATMQ_CONFIG", default_value = "broker.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit.
+    CheckConfig {
+        #[arg(long, env = "CHATMQ_CONFIG", default_value = "broker.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            http,
+            data,
+        } => {
+            let mut cfg = load(&config)?;
+            if let Some(addr) = listen {
+                cfg.mqtt.listen = addr;
+            }
+            if let Some(addr) = http {
+                cfg.http.listen = Some(addr);
+            }
+            if let Some(dir) = data {
+                cfg.store.set_data_dir(&dir);
+            }
+            init_tracing(&cfg);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("chatmq")
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(serve(cfg))
+        }
+        Command::Token { user, ttl, config } => {
+            let cfg = load(&config)?;
+            if !chatmq::store::valid_id(&user) {
+                anyhow::bail!("user ids are 1-64 characters of [A-Za-z0-9_.-]");
+            }
+            let token = chatmq::auth::mint(&cfg.auth, &user, Duration::from_secs(ttl))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            load(&config)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).with_context(|| format!("config {}", path.display()))
+}
+
+fn init_tracing(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if cfg.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let server = chatmq::server::Server::start(cfg).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

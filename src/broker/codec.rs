@@ -69,11 +69,15 @@ impl Codec {
         let header = match protocol::v4::check(buf.iter(), max_packet) {
             Ok(h) => h,
             Err(protocol::Error::InsufficientBytes(_)) => return Ok(None),
-            Err(protocol::Error::PayloadSizeLimitExceeded(n)) => return Err(CodecError::TooLarge(n)),
+            Err(protocol::Error::PayloadSizeLimitExceeded(n)) => {
+                return Err(CodecError::TooLarge(n))
+            }
             Err(e) => return Err(CodecError::Malformed(e)),
         };
         if header.byte1 >> 4 != 1 {
-            return Err(CodecError::Malformed(protocol::Error::InvalidPacketType(header.byte1 >> 4)));
+            return Err(CodecError::Malformed(protocol::Error::InvalidPacketType(
+                header.byte1 >> 4,
+            )));
         }
         // Variable header: protocol name (u16 length + bytes), then the level byte.
         let vh = &buf[header.fixed_header_len..header.frame_length()];
@@ -95,11 +99,16 @@ impl Codec {
         let header = match protocol::v4::check(buf.iter(), self.max_packet) {
             Ok(h) => h,
             Err(protocol::Error::InsufficientBytes(_)) => return Ok(Frame::Incomplete),
-            Err(protocol::Error::PayloadSizeLimitExceeded(n)) => return Err(CodecError::TooLarge(n)),
+            Err(protocol::Error::PayloadSizeLimitExceeded(n)) => {
+                return Err(CodecError::TooLarge(n))
+            }
             Err(e) => return Err(CodecError::Malformed(e)),
         };
         let publish = if header.byte1 >> 4 == 3 {
-            Some(publish_header(&buf[..header.frame_length()], header.fixed_header_len)?)
+            Some(publish_header(
+                &buf[..header.frame_length()],
+                header.fixed_header_len,
+            )?)
         } else {
             None
         };
@@ -187,11 +196,15 @@ fn for_v4(packet: Packet) -> Packet {
                 | ConnectReturnCode::ServiceUnavailable
                 | ConnectReturnCode::BadUserNamePassword
                 | ConnectReturnCode::NotAuthorized) => c,
-                ConnectReturnCode::UnsupportedProtocolVersion => ConnectReturnCode::RefusedProtocolVersion,
+                ConnectReturnCode::UnsupportedProtocolVersion => {
+                    ConnectReturnCode::RefusedProtocolVersion
+                }
                 ConnectReturnCode::ServerBusy
                 | ConnectReturnCode::ServerUnavailable
                 | ConnectReturnCode::QuotaExceeded
-                | ConnectReturnCode::ConnectionRateExceeded => ConnectReturnCode::ServiceUnavailable,
+                | ConnectReturnCode::ConnectionRateExceeded => {
+                    ConnectReturnCode::ServiceUnavailable
+                }
                 _ => ConnectReturnCode::NotAuthorized,
             };
             Packet::ConnAck(a, None)
@@ -255,10 +268,22 @@ mod tests {
 
     #[test]
     fn detects_protocol_level() {
-        assert_eq!(Codec::detect(&connect_bytes(4), 1024).ok().flatten(), Some(Version::V4));
-        assert_eq!(Codec::detect(&connect_bytes(5), 1024).ok().flatten(), Some(Version::V5));
-        assert!(matches!(Codec::detect(&connect_bytes(4)[..5], 1024), Ok(None)));
-        assert!(matches!(Codec::detect(&connect_bytes(9), 1024), Err(CodecError::UnsupportedLevel(9))));
+        assert_eq!(
+            Codec::detect(&connect_bytes(4), 1024).ok().flatten(),
+            Some(Version::V4)
+        );
+        assert_eq!(
+            Codec::detect(&connect_bytes(5), 1024).ok().flatten(),
+            Some(Version::V5)
+        );
+        assert!(matches!(
+            Codec::detect(&connect_bytes(4)[..5], 1024),
+            Ok(None)
+        ));
+        assert!(matches!(
+            Codec::detect(&connect_bytes(9), 1024),
+            Err(CodecError::UnsupportedLevel(9))
+        ));
         assert!(Codec::detect(&[0x30, 2, 0, 0], 1024).is_err());
     }
 
@@ -267,7 +292,9 @@ mod tests {
         let p = publish(b"a/b", b"hello", 1, 4242, false);
         let mut out = BytesMut::new();
         let codec = Codec::new(Version::V4, 1024);
-        codec.write(Packet::Publish(p, None), &mut out).expect("write");
+        codec
+            .write(Packet::Publish(p, None), &mut out)
+            .expect("write");
         let mut c = Codec::new(Version::V4, 1024);
         match c.read(&mut out) {
             Ok(Frame::Packet(Packet::Publish(p, _), Some(h))) => {

@@ -38,7 +38,9 @@ const RECEIVE_MAXIMUM: u16 = 1024;
 #[derive(Debug)]
 enum Close {
     /// DISCONNECT from the client; `will` when 5.0 reason 0x04 asked for the will.
-    Client { will: bool },
+    Client {
+        will: bool,
+    },
     /// Socket closed or failed without DISCONNECT.
     Lost,
     KeepAlive,
@@ -71,8 +73,12 @@ impl Close {
 impl From<CodecError> for Close {
     fn from(e: CodecError) -> Close {
         match e {
-            CodecError::TooLarge(_) => Close::Protocol(DisconnectReasonCode::PacketTooLarge, "too_large"),
-            CodecError::Panicked => Close::Protocol(DisconnectReasonCode::MalformedPacket, "codec_panic"),
+            CodecError::TooLarge(_) => {
+                Close::Protocol(DisconnectReasonCode::PacketTooLarge, "too_large")
+            }
+            CodecError::Panicked => {
+                Close::Protocol(DisconnectReasonCode::MalformedPacket, "codec_panic")
+            }
             CodecError::Malformed(_) | CodecError::UnsupportedLevel(_) => {
                 Close::Protocol(DisconnectReasonCode::MalformedPacket, "malformed")
             }
@@ -119,7 +125,12 @@ where
     let span = tracing::info_span!("conn", id = conn_id, %peer, user = tracing::field::Empty, device = tracing::field::Empty);
     async move {
         let (rd, wr) = tokio::io::split(stream);
-        let mut io = Io { rd, wr, rbuf: BytesMut::with_capacity(8 * 1024), wbuf: BytesMut::with_capacity(8 * 1024) };
+        let mut io = Io {
+            rd,
+            wr,
+            rbuf: BytesMut::with_capacity(8 * 1024),
+            wbuf: BytesMut::with_capacity(8 * 1024),
+        };
         match connect(&mut io, conn_id, &state).await {
             Ok(Some(conn)) => {
                 metrics::gauge!(m::CONNECTIONS).increment(1.0);
@@ -173,7 +184,10 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             Err(CodecError::UnsupportedLevel(_)) => {
                 // 3.1.1 CONNACK 0x01 is understood by every client generation.
                 let codec = Codec::new(Version::V4, cfg.max_packet_size);
-                let ack = ConnAck { session_present: false, code: ConnectReturnCode::RefusedProtocolVersion };
+                let ack = ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::RefusedProtocolVersion,
+                };
                 let _ = codec.write(Packet::ConnAck(ack, None), &mut io.wbuf);
                 let _ = io.flush().await;
                 return Err("unsupported_protocol");
@@ -194,14 +208,22 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     };
 
     let refuse = |io: &mut Io<S>, codec: &Codec, code: ConnectReturnCode| {
-        let ack = ConnAck { session_present: false, code };
+        let ack = ConnAck {
+            session_present: false,
+            code,
+        };
         let _ = codec.write(Packet::ConnAck(ack, None), &mut io.wbuf);
     };
 
     // Authenticate.
-    let has_credentials = login.as_ref().is_some_and(|l| !l.username.is_empty() || !l.password.is_empty());
+    let has_credentials = login
+        .as_ref()
+        .is_some_and(|l| !l.username.is_empty() || !l.password.is_empty());
     let identity = if has_credentials {
-        let login = login.as_ref().map(|l| (l.username.as_str(), l.password.as_str())).unwrap_or_default();
+        let login = login
+            .as_ref()
+            .map(|l| (l.username.as_str(), l.password.as_str()))
+            .unwrap_or_default();
         state.auth.verify(login.0, login.1).map(Some)
     } else if state.config.auth.allow_anonymous {
         Ok(None)
@@ -253,11 +275,17 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     // Will: must be a general-plane topic this client may publish to.
     let will = will.and_then(|w| {
         let topic = std::str::from_utf8(&w.topic).ok()?;
-        let who = Who { user: user.as_deref(), client_id: &raw_id };
+        let who = Who {
+            user: user.as_deref(),
+            client_id: &raw_id,
+        };
         match state.acl.publish(&who, topic) {
             PublishRoute::General => Some(Will {
                 delay: Duration::from_secs(u64::from(
-                    will_props.as_ref().and_then(|p| p.delay_interval).unwrap_or(0),
+                    will_props
+                        .as_ref()
+                        .and_then(|p| p.delay_interval)
+                        .unwrap_or(0),
                 )),
                 will: w,
                 props: will_props,
@@ -318,13 +346,21 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         state.sessions.take(&namespaced)
     };
 
-    let window = usize::from(cfg.max_inflight.min(props.receive_maximum.unwrap_or(u16::MAX)).max(1));
+    let window = usize::from(
+        cfg.max_inflight
+            .min(props.receive_maximum.unwrap_or(u16::MAX))
+            .max(1),
+    );
     let (out_tx, out_rx) = mpsc::channel(cfg.outbound_queue);
     state.registry.register(conn_id, user.as_deref(), out_tx);
 
-    let ack = ConnAck { session_present: saved.is_some(), code: ConnectReturnCode::Success };
+    let ack = ConnAck {
+        session_present: saved.is_some(),
+        code: ConnectReturnCode::Success,
+    };
     let ack_props = v5.then(|| ConnAckProperties {
-        session_expiry_interval: (props.session_expiry_interval.unwrap_or(0) != session_ttl.as_secs() as u32)
+        session_expiry_interval: (props.session_expiry_interval.unwrap_or(0)
+            != session_ttl.as_secs() as u32)
             .then_some(session_ttl.as_secs() as u32),
         receive_max: Some(RECEIVE_MAXIMUM),
         max_qos: None,
@@ -343,7 +379,11 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         authentication_method: None,
         authentication_data: None,
     });
-    if codec.write(Packet::ConnAck(ack, ack_props), &mut io.wbuf).is_err() || io.flush().await.is_err() {
+    if codec
+        .write(Packet::ConnAck(ack, ack_props), &mut io.wbuf)
+        .is_err()
+        || io.flush().await.is_err()
+    {
         state.registry.unregister(conn_id);
         state.sessions.release(&namespaced, conn_id);
         return Err("write_failed");
@@ -351,10 +391,15 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     metrics::counter!(m::CONNECTS, "result" => "ok").increment(1);
     debug!(version = ?version, keep_alive, "connected");
 
-    let client = user.as_ref().map(|u| Client { conn: conn_id, user: u.clone(), device: raw_id.clone(), v5 });
-    let token_deadline = identity.as_ref().map(|i| {
-        Instant::now() + Duration::from_secs(i.expires_at.saturating_sub(unix_now()))
+    let client = user.as_ref().map(|u| Client {
+        conn: conn_id,
+        user: u.clone(),
+        device: raw_id.clone(),
+        v5,
     });
+    let token_deadline = identity
+        .as_ref()
+        .map(|i| Instant::now() + Duration::from_secs(i.expires_at.saturating_sub(unix_now())));
     let mut conn = Conn {
         state: state.clone(),
         codec,
@@ -396,7 +441,12 @@ fn rand_u32() -> u32 {
     // RandomState is seeded per process from the OS; enough for unguessable auto client ids
     // that only need to be unique.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish() as u32
 }
 
@@ -435,7 +485,9 @@ async fn next_inbound(q: &mut VecDeque<InboundTask>) -> (u16, u8, Result<(), Ref
     let Some(front) = q.front_mut() else {
         return std::future::pending().await;
     };
-    let result = (&mut front.handle).await.unwrap_or(Err(Refusal::Unspecified));
+    let result = (&mut front.handle)
+        .await
+        .unwrap_or(Err(Refusal::Unspecified));
     let (pkid, qos) = (front.pkid, front.qos);
     q.pop_front();
     (pkid, qos, result)
@@ -457,17 +509,23 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 impl Conn {
     fn who(&self) -> Who<'_> {
-        Who { user: self.client.as_ref().map(|c| c.user.as_str()), client_id: &self.raw_id }
+        Who {
+            user: self.client.as_ref().map(|c| c.user.as_str()),
+            client_id: &self.raw_id,
+        }
     }
 
     fn put(&mut self, packet: Packet) -> Result<(), Close> {
         metrics::counter!(m::PACKETS_SENT, "type" => packet_kind(&packet)).increment(1);
-        self.codec.write(packet, &mut self.wbuf).map_err(Close::from)
+        self.codec
+            .write(packet, &mut self.wbuf)
+            .map_err(Close::from)
     }
 
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, mut io: Io<S>) {
         let mut shutdown = self.state.shutdown.clone();
-        let keep_alive = (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
+        let keep_alive =
+            (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
         let mut last_rx = Instant::now();
         // Bytes of CONNECT's batch may already hold more packets.
         let mut close = self.parse(&mut io.rbuf).await.err();
@@ -523,7 +581,8 @@ impl Conn {
             match self.codec.read(rbuf) {
                 Ok(Frame::Incomplete) => return Ok(()),
                 Ok(Frame::Packet(packet, header)) => {
-                    metrics::counter!(m::PACKETS_RECEIVED, "type" => packet_kind(&packet)).increment(1);
+                    metrics::counter!(m::PACKETS_RECEIVED, "type" => packet_kind(&packet))
+                        .increment(1);
                     self.on_packet(packet, header).await?;
                 }
                 Err(e) => {
@@ -538,10 +597,17 @@ impl Conn {
         }
     }
 
-    async fn on_packet(&mut self, packet: Packet, header: Option<PublishHeader>) -> Result<(), Close> {
+    async fn on_packet(
+        &mut self,
+        packet: Packet,
+        header: Option<PublishHeader>,
+    ) -> Result<(), Close> {
         match packet {
             Packet::Publish(p, props) => {
-                let header = header.ok_or(Close::Protocol(DisconnectReasonCode::MalformedPacket, "publish"))?;
+                let header = header.ok_or(Close::Protocol(
+                    DisconnectReasonCode::MalformedPacket,
+                    "publish",
+                ))?;
                 self.on_publish(p, props, header).await
             }
             Packet::PubAck(ack, props) => {
@@ -554,11 +620,23 @@ impl Conn {
             }
             Packet::PubRel(rel, props) => {
                 if self.chat_qos2.remove(&rel.pkid) {
-                    self.put(Packet::PubComp(PubComp { pkid: rel.pkid, reason: PubCompReason::Success }, None))
+                    self.put(Packet::PubComp(
+                        PubComp {
+                            pkid: rel.pkid,
+                            reason: PubCompReason::Success,
+                        },
+                        None,
+                    ))
                 } else if self.link.is_some() {
                     self.to_engine(Packet::PubRel(rel, props)).await
                 } else {
-                    self.put(Packet::PubComp(PubComp { pkid: rel.pkid, reason: PubCompReason::PacketIdentifierNotFound }, None))
+                    self.put(Packet::PubComp(
+                        PubComp {
+                            pkid: rel.pkid,
+                            reason: PubCompReason::PacketIdentifierNotFound,
+                        },
+                        None,
+                    ))
                 }
             }
             p @ (Packet::PubRec(..) | Packet::PubComp(..)) => self.to_engine(p).await,
@@ -570,25 +648,40 @@ impl Conn {
                     let max = self.state.config.mqtt.max_session_expiry_secs;
                     self.session_ttl = Duration::from_secs(u64::from(expiry.min(max)));
                 }
-                Err(Close::Client { will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage })
+                Err(Close::Client {
+                    will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+                })
             }
-            Packet::Connect(..) => Err(Close::Protocol(DisconnectReasonCode::ProtocolError, "second_connect")),
-            _ => Err(Close::Protocol(DisconnectReasonCode::ProtocolError, "server_packet")),
+            Packet::Connect(..) => Err(Close::Protocol(
+                DisconnectReasonCode::ProtocolError,
+                "second_connect",
+            )),
+            _ => Err(Close::Protocol(
+                DisconnectReasonCode::ProtocolError,
+                "server_packet",
+            )),
         }
     }
 
-    async fn on_publish(&mut self, mut p: Publish, mut props: Option<PublishProperties>, h: PublishHeader) -> Result<(), Close> {
+    async fn on_publish(
+        &mut self,
+        mut p: Publish,
+        mut props: Option<PublishProperties>,
+        h: PublishHeader,
+    ) -> Result<(), Close> {
         // 5.0 topic aliases are resolved here, so the ACL always sees the real topic.
         if let Some(alias) = props.as_mut().and_then(|pr| pr.topic_alias.take()) {
             if alias == 0 || alias > self.state.config.mqtt.topic_alias_max {
-                return Err(Close::Protocol(DisconnectReasonCode::TopicAliasInvalid, "topic_alias"));
+                return Err(Close::Protocol(
+                    DisconnectReasonCode::TopicAliasInvalid,
+                    "topic_alias",
+                ));
             }
             if p.topic.is_empty() {
-                p.topic = self
-                    .aliases
-                    .get(&alias)
-                    .cloned()
-                    .ok_or(Close::Protocol(DisconnectReasonCode::ProtocolError, "unknown_topic_alias"))?;
+                p.topic = self.aliases.get(&alias).cloned().ok_or(Close::Protocol(
+                    DisconnectReasonCode::ProtocolError,
+                    "unknown_topic_alias",
+                ))?;
             } else {
                 self.aliases.insert(alias, p.topic.clone());
             }
@@ -600,27 +693,39 @@ impl Conn {
                 let Some(client) = self.client.clone() else {
                     return self.deny_publish(h, DenyReason::NotAuthorized, topic.to_owned());
                 };
-                metrics::counter!(m::MESSAGES, "plane" => "chat", "kind" => out_label(kind)).increment(1);
+                metrics::counter!(m::MESSAGES, "plane" => "chat", "kind" => kind.as_str())
+                    .increment(1);
                 let chat = self.state.chat.clone();
                 let reply = ReplyProps::from_props(props.as_ref());
                 let payload = p.payload;
-                let handle = tokio::spawn(async move { chat.publish(&client, kind, payload, reply).await });
+                let handle =
+                    tokio::spawn(async move { chat.publish(&client, kind, payload, reply).await });
                 if h.qos == 0 {
                     // Nothing to acknowledge; the task runs on its own.
                     return Ok(());
                 }
-                self.inbound.push_back(InboundTask { pkid: h.pkid, qos: h.qos, handle });
+                self.inbound.push_back(InboundTask {
+                    pkid: h.pkid,
+                    qos: h.qos,
+                    handle,
+                });
                 Ok(())
             }
             PublishRoute::General => {
-                metrics::counter!(m::MESSAGES, "plane" => "general", "kind" => "publish").increment(1);
+                metrics::counter!(m::MESSAGES, "plane" => "general", "kind" => "publish")
+                    .increment(1);
                 self.to_engine(Packet::Publish(p, props)).await
             }
             PublishRoute::Deny(reason) => self.deny_publish(h, reason, topic.to_owned()),
         }
     }
 
-    fn deny_publish(&mut self, h: PublishHeader, reason: DenyReason, topic: String) -> Result<(), Close> {
+    fn deny_publish(
+        &mut self,
+        h: PublishHeader,
+        reason: DenyReason,
+        topic: String,
+    ) -> Result<(), Close> {
         metrics::counter!(m::ACL_DENIALS, "action" => "publish").increment(1);
         debug!(topic, ?reason, "publish denied");
         let code = match reason {
@@ -635,7 +740,13 @@ impl Conn {
         }
         match h.qos {
             0 => Ok(()),
-            1 => self.put(Packet::PubAck(PubAck { pkid: h.pkid, reason: code }, None)),
+            1 => self.put(Packet::PubAck(
+                PubAck {
+                    pkid: h.pkid,
+                    reason: code,
+                },
+                None,
+            )),
             _ => {
                 let rec = match code {
                     PubAckReason::TopicNameInvalid => PubRecReason::TopicNameInvalid,
@@ -645,12 +756,23 @@ impl Conn {
                     // 3.1.1 has no negative PUBREC: finish the exchange, drop the message.
                     self.chat_qos2.insert(h.pkid);
                 }
-                self.put(Packet::PubRec(PubRec { pkid: h.pkid, reason: rec }, None))
+                self.put(Packet::PubRec(
+                    PubRec {
+                        pkid: h.pkid,
+                        reason: rec,
+                    },
+                    None,
+                ))
             }
         }
     }
 
-    fn finish_inbound(&mut self, pkid: u16, qos: u8, result: Result<(), Refusal>) -> Result<(), Close> {
+    fn finish_inbound(
+        &mut self,
+        pkid: u16,
+        qos: u8,
+        result: Result<(), Refusal>,
+    ) -> Result<(), Close> {
         let reason = match result {
             Ok(()) => PubAckReason::Success,
             Err(Refusal::NotAuthorized) => PubAckReason::NotAuthorized,
@@ -659,7 +781,11 @@ impl Conn {
             Err(Refusal::Unspecified) => PubAckReason::UnspecifiedError,
         };
         // 3.1.1 has no reason codes: the chat layer has already answered on in/ack.
-        let reason = if self.v5 { reason } else { PubAckReason::Success };
+        let reason = if self.v5 {
+            reason
+        } else {
+            PubAckReason::Success
+        };
         if qos == 2 {
             self.chat_qos2.insert(pkid);
             let rec = match reason {
@@ -675,13 +801,21 @@ impl Conn {
         }
     }
 
-    async fn on_subscribe(&mut self, s: Subscribe, props: Option<SubscribeProperties>) -> Result<(), Close> {
+    async fn on_subscribe(
+        &mut self,
+        s: Subscribe,
+        props: Option<SubscribeProperties>,
+    ) -> Result<(), Close> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut general = Vec::new();
         let mut inbox = false;
         let mut presence = Vec::new();
         for f in s.filters {
-            let granted = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+            let granted = if f.qos == QoS::AtMostOnce {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
             let route = self.state.acl.subscribe(&self.who(), &f.path);
             let code = match route {
                 SubscribeRoute::General => {
@@ -690,16 +824,24 @@ impl Conn {
                     codes.push(None);
                     continue;
                 }
-                SubscribeRoute::ChatUser { inbox: covers_inbox } => {
+                SubscribeRoute::ChatUser {
+                    inbox: covers_inbox,
+                } => {
                     self.state.registry.subscribe_user(self.conn_id, &f.path);
                     self.remember_chat(&f.path);
                     inbox |= covers_inbox;
                     SubscribeReasonCode::Success(granted)
                 }
                 SubscribeRoute::ChatGroup { gid } => {
-                    let user = self.client.as_ref().map(|c| c.user.clone()).unwrap_or_default();
+                    let user = self
+                        .client
+                        .as_ref()
+                        .map(|c| c.user.clone())
+                        .unwrap_or_default();
                     if self.state.chat.may_subscribe_group(&user, &gid).await {
-                        self.state.registry.subscribe_group(self.conn_id, &gid, &f.path);
+                        self.state
+                            .registry
+                            .subscribe_group(self.conn_id, &gid, &f.path);
                         self.remember_chat(&f.path);
                         SubscribeReasonCode::Success(granted)
                     } else {
@@ -713,7 +855,9 @@ impl Conn {
                     presence.push(user);
                     SubscribeReasonCode::Success(granted)
                 }
-                SubscribeRoute::Deny(DenyReason::Invalid) => SubscribeReasonCode::TopicFilterInvalid,
+                SubscribeRoute::Deny(DenyReason::Invalid) => {
+                    SubscribeReasonCode::TopicFilterInvalid
+                }
                 SubscribeRoute::Deny(DenyReason::NotAuthorized) => {
                     metrics::counter!(m::ACL_DENIALS, "action" => "subscribe").increment(1);
                     SubscribeReasonCode::NotAuthorized
@@ -722,11 +866,30 @@ impl Conn {
             codes.push(Some(code));
         }
         if general.is_empty() {
-            let codes = codes.into_iter().map(|c| c.unwrap_or(SubscribeReasonCode::Unspecified)).collect();
-            self.put(Packet::SubAck(SubAck { pkid: s.pkid, return_codes: codes }, None))?;
+            let codes = codes
+                .into_iter()
+                .map(|c| c.unwrap_or(SubscribeReasonCode::Unspecified))
+                .collect();
+            self.put(Packet::SubAck(
+                SubAck {
+                    pkid: s.pkid,
+                    return_codes: codes,
+                },
+                None,
+            ))?;
         } else {
-            self.pending_subacks.push_back(PendingSubAck { pkid: s.pkid, codes });
-            self.to_engine(Packet::Subscribe(Subscribe { pkid: s.pkid, filters: general }, props)).await?;
+            self.pending_subacks.push_back(PendingSubAck {
+                pkid: s.pkid,
+                codes,
+            });
+            self.to_engine(Packet::Subscribe(
+                Subscribe {
+                    pkid: s.pkid,
+                    filters: general,
+                },
+                props,
+            ))
+            .await?;
         }
         self.after_chat_subscribe(inbox, presence);
         Ok(())
@@ -766,7 +929,11 @@ impl Conn {
         });
     }
 
-    async fn on_unsubscribe(&mut self, u: Unsubscribe, props: Option<UnsubscribeProperties>) -> Result<(), Close> {
+    async fn on_unsubscribe(
+        &mut self,
+        u: Unsubscribe,
+        props: Option<UnsubscribeProperties>,
+    ) -> Result<(), Close> {
         let mut reasons = Vec::with_capacity(u.filters.len());
         let mut general = Vec::new();
         for f in u.filters {
@@ -781,11 +948,30 @@ impl Conn {
             }
         }
         if general.is_empty() {
-            let reasons = reasons.into_iter().map(|r| r.unwrap_or(UnsubAckReason::Success)).collect();
-            self.put(Packet::UnsubAck(UnsubAck { pkid: u.pkid, reasons }, None))
+            let reasons = reasons
+                .into_iter()
+                .map(|r| r.unwrap_or(UnsubAckReason::Success))
+                .collect();
+            self.put(Packet::UnsubAck(
+                UnsubAck {
+                    pkid: u.pkid,
+                    reasons,
+                },
+                None,
+            ))
         } else {
-            self.pending_unsubacks.push_back(PendingUnsubAck { pkid: u.pkid, reasons });
-            self.to_engine(Packet::Unsubscribe(Unsubscribe { pkid: u.pkid, filters: general }, props)).await
+            self.pending_unsubacks.push_back(PendingUnsubAck {
+                pkid: u.pkid,
+                reasons,
+            });
+            self.to_engine(Packet::Unsubscribe(
+                Unsubscribe {
+                    pkid: u.pkid,
+                    filters: general,
+                },
+                props,
+            ))
+            .await
         }
     }
 
@@ -793,10 +979,15 @@ impl Conn {
     async fn to_engine(&mut self, packet: Packet) -> Result<(), Close> {
         if self.link.is_none() {
             let persistent = !self.session_ttl.is_zero();
-            let link = self.state.engine.open(&self.namespaced, !persistent).await.map_err(|e| {
-                warn!(error = %e, "engine link refused");
-                Close::Engine
-            })?;
+            let link = self
+                .state
+                .engine
+                .open(&self.namespaced, !persistent)
+                .await
+                .map_err(|e| {
+                    warn!(error = %e, "engine link refused");
+                    Close::Engine
+                })?;
             self.link = Some(link);
         }
         match self.link.as_mut() {
@@ -808,37 +999,69 @@ impl Conn {
     fn on_engine(&mut self, n: Notification) -> Result<(), Close> {
         match n {
             Notification::Forward(f) => {
-                metrics::counter!(m::MESSAGES, "plane" => "general", "kind" => "delivery").increment(1);
+                metrics::counter!(m::MESSAGES, "plane" => "general", "kind" => "delivery")
+                    .increment(1);
                 self.put(Packet::Publish(f.publish, f.properties))
             }
             Notification::DeviceAck(ack) => match Packet::from(ack) {
                 Packet::SubAck(s, props) => {
                     let codes = match self.pending_subacks.iter().position(|p| p.pkid == s.pkid) {
                         Some(i) => {
-                            let pending = self.pending_subacks.remove(i).map(|p| p.codes).unwrap_or_default();
+                            let pending = self
+                                .pending_subacks
+                                .remove(i)
+                                .map(|p| p.codes)
+                                .unwrap_or_default();
                             let mut from_engine = s.return_codes.into_iter();
                             pending
                                 .into_iter()
-                                .map(|c| c.unwrap_or_else(|| from_engine.next().unwrap_or(SubscribeReasonCode::Unspecified)))
+                                .map(|c| {
+                                    c.unwrap_or_else(|| {
+                                        from_engine
+                                            .next()
+                                            .unwrap_or(SubscribeReasonCode::Unspecified)
+                                    })
+                                })
                                 .collect()
                         }
                         None => s.return_codes,
                     };
-                    self.put(Packet::SubAck(SubAck { pkid: s.pkid, return_codes: codes }, props))
+                    self.put(Packet::SubAck(
+                        SubAck {
+                            pkid: s.pkid,
+                            return_codes: codes,
+                        },
+                        props,
+                    ))
                 }
                 Packet::UnsubAck(u, props) => {
-                    let reasons = match self.pending_unsubacks.iter().position(|p| p.pkid == u.pkid) {
+                    let reasons = match self.pending_unsubacks.iter().position(|p| p.pkid == u.pkid)
+                    {
                         Some(i) => {
-                            let pending = self.pending_unsubacks.remove(i).map(|p| p.reasons).unwrap_or_default();
+                            let pending = self
+                                .pending_unsubacks
+                                .remove(i)
+                                .map(|p| p.reasons)
+                                .unwrap_or_default();
                             let mut from_engine = u.reasons.into_iter();
                             pending
                                 .into_iter()
-                                .map(|r| r.unwrap_or_else(|| from_engine.next().unwrap_or(UnsubAckReason::Success)))
+                                .map(|r| {
+                                    r.unwrap_or_else(|| {
+                                        from_engine.next().unwrap_or(UnsubAckReason::Success)
+                                    })
+                                })
                                 .collect()
                         }
                         None => u.reasons,
                     };
-                    self.put(Packet::UnsubAck(UnsubAck { pkid: u.pkid, reasons }, props))
+                    self.put(Packet::UnsubAck(
+                        UnsubAck {
+                            pkid: u.pkid,
+                            reasons,
+                        },
+                        props,
+                    ))
                 }
                 // Pings and CONNACK are ours; the link's own are not the client's business.
                 Packet::ConnAck(..) | Packet::PingResp(_) => Ok(()),
@@ -859,7 +1082,11 @@ impl Conn {
         } else {
             let mut pkid = self.next_pkid;
             loop {
-                pkid = if pkid == u16::MAX { ROUTER_PKIDS + 1 } else { pkid + 1 };
+                pkid = if pkid == u16::MAX {
+                    ROUTER_PKIDS + 1
+                } else {
+                    pkid + 1
+                };
                 if !self.inflight.contains(&pkid) {
                     break;
                 }
@@ -884,7 +1111,11 @@ impl Conn {
                     inbox |= i;
                 }
                 SubscribeRoute::ChatGroup { gid } => {
-                    let user = self.client.as_ref().map(|c| c.user.clone()).unwrap_or_default();
+                    let user = self
+                        .client
+                        .as_ref()
+                        .map(|c| c.user.clone())
+                        .unwrap_or_default();
                     if !self.state.chat.may_subscribe_group(&user, &gid).await {
                         continue;
                     }
@@ -910,7 +1141,12 @@ impl Conn {
 
     async fn to_engine_open(&mut self) -> Result<(), Close> {
         if self.link.is_none() {
-            let link = self.state.engine.open(&self.namespaced, false).await.map_err(|_| Close::Engine)?;
+            let link = self
+                .state
+                .engine
+                .open(&self.namespaced, false)
+                .await
+                .map_err(|_| Close::Engine)?;
             self.link = Some(link);
         }
         Ok(())
@@ -928,7 +1164,10 @@ impl Conn {
         if persistent {
             let general = self.general_filters.drain().collect();
             let chat = std::mem::take(&mut self.chat_filters);
-            self.state.sessions.save(&self.namespaced, SavedSession::new(chat, general, self.session_ttl));
+            self.state.sessions.save(
+                &self.namespaced,
+                SavedSession::new(chat, general, self.session_ttl),
+            );
         }
         if let Some(link) = self.link.take() {
             link.close().await;
@@ -959,15 +1198,6 @@ impl Conn {
                 engine.publish_will(&will.will, will.props.as_ref());
             }
         });
-    }
-}
-
-fn out_label(kind: crate::acl::OutTopic) -> &'static str {
-    match kind {
-        crate::acl::OutTopic::Send => "send",
-        crate::acl::OutTopic::Receipt => "receipt",
-        crate::acl::OutTopic::Typing => "typing",
-        crate::acl::OutTopic::Rpc => "rpc",
     }
 }
 

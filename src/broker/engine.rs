@@ -16,8 +16,7 @@ use tokio::sync::mpsc;
 /// A publish made by the broker itself: (publish with QoS 0 header, QoS wanted, properties).
 type SystemPublish = (Publish, u8, Option<PublishProperties>);
 
-type BuildLink =
-    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx), LinkError> + Send + Sync + 'static;
+type BuildLink = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx), LinkError> + Send + Sync + 'static;
 
 #[derive(Clone)]
 pub struct Engine {
@@ -151,11 +150,7 @@ pub fn router_client_id(id: &str) -> String {
     out
 }
 
-fn system_link(
-    mut tx: LinkTx,
-    mut rx: LinkRx,
-    queue: &mut mpsc::UnboundedReceiver<SystemPublish>,
-) {
+fn system_link(mut tx: LinkTx, mut rx: LinkRx, queue: &mut mpsc::UnboundedReceiver<SystemPublish>) {
     // Acks for the system link's QoS 1 publishes are read and discarded on a helper thread
     // so the router never pauses this link.
     std::thread::Builder::new()

@@ -11,9 +11,10 @@ pub mod registry;
 pub mod sessions;
 pub mod transport;
 
-use crate::acl::{Acl, OutTopic};
+use crate::acl::Acl;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::protocol::OutKind;
 use async_trait::async_trait;
 use bytes::Bytes;
 use codec::ReplyProps;
@@ -56,7 +57,7 @@ pub trait ChatPlane: Send + Sync + 'static {
     async fn publish(
         &self,
         client: &Client,
-        topic: OutTopic,
+        topic: OutKind,
         payload: Bytes,
         reply: ReplyProps,
     ) -> Result<(), Refusal>;
@@ -122,8 +123,8 @@ impl BrokerState {
     ) -> Result<Arc<BrokerState>, BrokerError> {
         let auth = Authenticator::new(&config.auth)?;
         let acl = Acl::new(config.acl.clone());
-        let engine =
-            engine::Engine::start(&config.engine).map_err(|e| BrokerError::Engine(e.to_string()))?;
+        let engine = engine::Engine::start(&config.engine)
+            .map_err(|e| BrokerError::Engine(e.to_string()))?;
         let slots = Arc::new(Semaphore::new(config.mqtt.max_connections));
         Ok(Arc::new(BrokerState {
             auth,

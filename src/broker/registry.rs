@@ -203,7 +203,11 @@ impl Registry {
     /// group), including subscriptions made while still a member.
     pub fn drop_group_member(&self, gid: &str, user: &str) {
         let mut m = self.maps.lock();
-        let ids: Vec<ConnId> = m.by_user.get(user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let ids: Vec<ConnId> = m
+            .by_user
+            .get(user)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
         for id in ids {
             if let Some(c) = m.conns.get_mut(&id) {
                 c.group_filters.remove(gid);
@@ -222,7 +226,9 @@ impl Registry {
         let mut n = 0;
         for id in ids {
             if let Some(c) = m.conns.get(id) {
-                if c.user_filters.iter().any(|f| matches(&topic, f)) && self.offer(c, d) == Offer::Queued {
+                if c.user_filters.iter().any(|f| matches(&topic, f))
+                    && self.offer(c, d) == Offer::Queued
+                {
                     n += 1;
                 }
             }
@@ -243,7 +249,11 @@ impl Registry {
 
     /// Room left in a connection's queue (0 when gone).
     pub fn capacity(&self, id: ConnId) -> usize {
-        self.maps.lock().conns.get(&id).map_or(0, |c| c.tx.capacity())
+        self.maps
+            .lock()
+            .conns
+            .get(&id)
+            .map_or(0, |c| c.tx.capacity())
     }
 
     /// Delivers to every connection subscribed to a matching filter of group `gid`.
@@ -337,10 +347,16 @@ mod tests {
         let (a1, mut rx1) = conn(&r, "alice");
         let (_a2, mut rx2) = conn(&r, "alice");
         r.subscribe_user(a1, "chat/u/alice/in/#");
-        assert_eq!(r.deliver_user("alice", &Delivery::qos1("chat/u/alice/in/msg", "x")), 1);
+        assert_eq!(
+            r.deliver_user("alice", &Delivery::qos1("chat/u/alice/in/msg", "x")),
+            1
+        );
         assert!(rx1.try_recv().is_ok());
         assert!(rx2.try_recv().is_err());
-        assert_eq!(r.deliver_user("bob", &Delivery::qos1("chat/u/bob/in/msg", "x")), 0);
+        assert_eq!(
+            r.deliver_user("bob", &Delivery::qos1("chat/u/bob/in/msg", "x")),
+            0
+        );
         assert_eq!(r.connections_of("alice"), 2);
         assert_eq!(r.unregister(a1), 1);
     }
@@ -356,11 +372,20 @@ mod tests {
         assert_eq!(r.deliver_group("team", &d), 2);
         r.drop_group_member("team", "bob");
         assert_eq!(r.deliver_group("team", &d), 1);
-        assert_eq!(rxa.try_recv().map(|d| d.payload).ok(), Some(Bytes::from("hi")));
-        assert_eq!(rxb.try_recv().map(|d| d.payload).ok(), Some(Bytes::from("hi")));
+        assert_eq!(
+            rxa.try_recv().map(|d| d.payload).ok(),
+            Some(Bytes::from("hi"))
+        );
+        assert_eq!(
+            rxb.try_recv().map(|d| d.payload).ok(),
+            Some(Bytes::from("hi"))
+        );
         assert!(rxb.try_recv().is_err());
         // A filter for another sub-topic does not match.
-        assert_eq!(r.deliver_group("team", &Delivery::qos1("chat/g/team/typing", "t")), 1);
+        assert_eq!(
+            r.deliver_group("team", &Delivery::qos1("chat/g/team/typing", "t")),
+            1
+        );
     }
 
     #[test]
@@ -369,9 +394,15 @@ mod tests {
         let (a, _rx) = conn(&r, "alice");
         r.subscribe_user(a, "chat/u/alice/#");
         for _ in 0..4 {
-            assert_eq!(r.deliver_conn(a, &Delivery::qos1("chat/u/alice/in/msg", "x")), Offer::Queued);
+            assert_eq!(
+                r.deliver_conn(a, &Delivery::qos1("chat/u/alice/in/msg", "x")),
+                Offer::Queued
+            );
         }
-        assert_eq!(r.deliver_conn(a, &Delivery::qos1("chat/u/alice/in/msg", "x")), Offer::Full);
+        assert_eq!(
+            r.deliver_conn(a, &Delivery::qos1("chat/u/alice/in/msg", "x")),
+            Offer::Full
+        );
         assert_eq!(r.dropped(), 1);
     }
 
@@ -383,7 +414,12 @@ mod tests {
         r.subscribe_presence(a, "bob");
         r.unregister(a);
         let m = r.maps.lock();
-        assert!(m.by_group.is_empty() && m.watchers.is_empty() && m.by_user.is_empty() && m.conns.is_empty());
+        assert!(
+            m.by_group.is_empty()
+                && m.watchers.is_empty()
+                && m.by_user.is_empty()
+                && m.conns.is_empty()
+        );
     }
 
     #[test]
@@ -395,7 +431,13 @@ mod tests {
         assert!(r.unsubscribe(a, "chat/g/team/#"));
         assert!(r.unsubscribe(a, "chat/p/bob"));
         assert!(!r.unsubscribe(a, "chat/p/bob"));
-        assert_eq!(r.deliver_presence("bob", &Delivery::qos1("chat/p/bob", "x")), 0);
-        assert_eq!(r.deliver_group("team", &Delivery::qos1("chat/g/team/msg", "x")), 0);
+        assert_eq!(
+            r.deliver_presence("bob", &Delivery::qos1("chat/p/bob", "x")),
+            0
+        );
+        assert_eq!(
+            r.deliver_group("team", &Delivery::qos1("chat/g/team/msg", "x")),
+            0
+        );
     }
 }

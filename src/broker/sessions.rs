@@ -118,10 +118,19 @@ mod tests {
     #[test]
     fn saved_sessions_expire() {
         let s = Sessions::default();
-        s.save("a:1", SavedSession::new(vec!["chat/u/a/in/#".into()], vec![], Duration::ZERO));
+        s.save(
+            "a:1",
+            SavedSession::new(vec!["chat/u/a/in/#".into()], vec![], Duration::ZERO),
+        );
         assert!(s.take("a:1").is_none());
-        s.save("a:1", SavedSession::new(vec![], vec!["x".into()], Duration::from_secs(60)));
+        s.save(
+            "a:1",
+            SavedSession::new(vec![], vec!["x".into()], Duration::from_secs(60)),
+        );
         assert_eq!(s.sweep(), 1);
-        assert_eq!(s.take("a:1").map(|s| s.general_filters), Some(vec!["x".to_string()]));
+        assert_eq!(
+            s.take("a:1").map(|s| s.general_filters),
+            Some(vec!["x".to_string()])
+        );
     }
 }

@@ -30,16 +30,25 @@ pub async fn start(state: Arc<BrokerState>) -> Result<BoundAddrs, BrokerError> {
         let listener = bind(tls.listen).await?;
         bound.tls = listener.local_addr().ok();
         info!(addr = ?bound.tls, "mqtt tls listener");
-        tokio::spawn(accept_loop(listener, state.clone(), move |stream, peer, state| {
-            let acceptor = acceptor.clone();
-            async move {
-                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => conn::serve(tls, peer, state).await,
-                    Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
-                    Err(_) => debug!(%peer, "tls handshake timed out"),
+        tokio::spawn(accept_loop(
+            listener,
+            state.clone(),
+            move |stream, peer, state| {
+                let acceptor = acceptor.clone();
+                async move {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => conn::serve(tls, peer, state).await,
+                        Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
+                        Err(_) => debug!(%peer, "tls handshake timed out"),
+                    }
                 }
-            }
-        }));
+            },
+        ));
     }
 
     if let Some(ws) = &cfg.websocket {
@@ -47,16 +56,22 @@ pub async fn start(state: Arc<BrokerState>) -> Result<BoundAddrs, BrokerError> {
         bound.websocket = listener.local_addr().ok();
         info!(addr = ?bound.websocket, path = %ws.path, "mqtt websocket listener");
         let path: Arc<str> = Arc::from(ws.path.as_str());
-        tokio::spawn(accept_loop(listener, state.clone(), move |stream, peer, state| {
-            let path = path.clone();
-            async move { websocket(stream, peer, state, &path).await }
-        }));
+        tokio::spawn(accept_loop(
+            listener,
+            state.clone(),
+            move |stream, peer, state| {
+                let path = path.clone();
+                async move { websocket(stream, peer, state, &path).await }
+            },
+        ));
     }
     Ok(bound)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, BrokerError> {
-    TcpListener::bind(addr).await.map_err(|source| BrokerError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Bind { addr, source })
 }
 
 async fn accept_loop<F, Fut>(listener: TcpListener, state: Arc<BrokerState>, handle: F)
@@ -85,14 +100,20 @@ where
     }
 }
 
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, BrokerError> {
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, BrokerError> {
     let err = |what: &str, e: &dyn std::fmt::Display| BrokerError::Tls(format!("{what}: {e}"));
     let certs = std::fs::read(cert).map_err(|e| err(&format!("reading {}", cert.display()), &e))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut certs.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| err("parsing certificates", &e))?;
     if certs.is_empty() {
-        return Err(BrokerError::Tls(format!("no certificate in {}", cert.display())));
+        return Err(BrokerError::Tls(format!(
+            "no certificate in {}",
+            cert.display()
+        )));
     }
     let key_pem = std::fs::read(key).map_err(|e| err(&format!("reading {}", key.display()), &e))?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
@@ -125,7 +146,8 @@ async fn websocket(stream: TcpStream, peer: SocketAddr, state: Arc<BrokerState>,
             .flat_map(|v| v.split(','))
             .any(|p| p.trim() == "mqtt");
         if wants_mqtt {
-            resp.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
         }
         Ok(resp)
     };

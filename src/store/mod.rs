@@ -16,6 +16,8 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+#[doc(hidden)]
+pub mod contract;
 pub mod sqlite;
 
 /// A conversation id: `d:{a}:{b}` (a < b) for a DM, `g:{gid}` for a group.
@@ -383,7 +385,10 @@ mod tests {
 
     #[test]
     fn direct_conv_is_order_independent() {
-        assert_eq!(ConvId::direct("bob", "alice"), ConvId::direct("alice", "bob"));
+        assert_eq!(
+            ConvId::direct("bob", "alice"),
+            ConvId::direct("alice", "bob")
+        );
         assert_eq!(ConvId::direct("alice", "bob").as_str(), "d:alice:bob");
     }
 
@@ -411,6 +416,37 @@ mod tests {
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StoreConfig {
     Sqlite(sqlite::SqliteConfig),
+}
+
+impl StoreConfig {
+    /// Points the embedded store at `dir` (the `--data` flag), keeping its file name.
+    pub fn set_data_dir(&mut self, dir: &std::path::Path) {
+        match self {
+            StoreConfig::Sqlite(c) => {
+                let name = c
+                    .path
+                    .file_name()
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|| "chatmq.db".into());
+                c.path = dir.join(name);
+            }
+        }
+    }
+}
+
+/// Opens the configured backend.
+pub async fn open(cfg: &StoreConfig) -> StoreResult<std::sync::Arc<dyn Store>> {
+    match cfg {
+        StoreConfig::Sqlite(c) => {
+            let c = c.clone();
+            let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&c))
+                .await
+                .map_err(|e| {
+                    StoreError::new(StoreErrorKind::Internal, format!("opening the store: {e}"))
+                })??;
+            Ok(std::sync::Arc::new(store))
+        }
+    }
 }
 
 impl Default for StoreConfig {

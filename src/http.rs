@@ -1,0 +1,57 @@
+//! The HTTP listener: `/metrics` (Prometheus), `/healthz` (process up), `/readyz` (store
+//! open and MQTT listeners bound).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Clone)]
+struct Http {
+    metrics: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+}
+
+pub async fn start(
+    addr: SocketAddr,
+    metrics: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(Http { metrics, ready });
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(error = %e, "http listener stopped");
+        }
+    });
+    Ok(bound)
+}
+
+async fn render(State(h): State<Http>) -> String {
+    h.metrics.render()
+}
+
+async fn readyz(State(h): State<Http>) -> (StatusCode, &'static str) {
+    if h.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}

@@ -1,0 +1,560 @@
+//! End-to-end tests of the connection layer: auth, client ids, ACL, general plane via
+//! rumqttd, wills, token expiry, hostile input.
+
+mod common;
+
+use common::*;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as Code5, Packet as P5};
+use rumqttc::{ConnectReturnCode, LastWill, Packet, QoS, SubscribeReasonCode};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn refused_v4(got: Option<Got<Packet>>) -> Option<ConnectReturnCode> {
+    match got {
+        Some(Got::Error(e)) if e.contains("ConnectionRefused") => {
+            Some(if e.contains("BadUserNamePassword") {
+                ConnectReturnCode::BadUserNamePassword
+            } else if e.contains("NotAuthorized") {
+                ConnectReturnCode::NotAuthorized
+            } else {
+                ConnectReturnCode::RefusedProtocolVersion
+            })
+        }
+        Some(Got::Packet(Packet::ConnAck(a))) => Some(a.code),
+        _ => None,
+    }
+}
+
+fn sign(claims: serde_json::Value, secret: &str, alg: jsonwebtoken::Algorithm) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
+}
+
+#[tokio::test]
+async fn auth_accepts_good_tokens_and_refuses_bad_ones_with_connack_codes() {
+    let b = Broker::start().await;
+    let now = chatmq::auth::unix_now();
+    let good = b.token("alice");
+    let cases: Vec<(&str, String, ConnectReturnCode)> = vec![
+        ("alice", good.clone(), ConnectReturnCode::Success),
+        ("", good.clone(), ConnectReturnCode::Success),
+        ("bob", good.clone(), ConnectReturnCode::BadUserNamePassword),
+        (
+            "alice",
+            sign(
+                serde_json::json!({"sub":"alice","exp":now+60}),
+                "wrong-secret-wrong-secret",
+                jsonwebtoken::Algorithm::HS256,
+            ),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "alice",
+            sign(
+                serde_json::json!({"sub":"alice","exp":now-600}),
+                SECRET,
+                jsonwebtoken::Algorithm::HS256,
+            ),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "alice",
+            sign(
+                serde_json::json!({"sub":"alice","exp":now+60}),
+                SECRET,
+                jsonwebtoken::Algorithm::HS384,
+            ),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "alice",
+            format!(
+                "{}.{}.",
+                "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0",
+                "eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0"
+            ),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            "alice",
+            "garbage".into(),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+    ];
+    for (i, (user, token, want)) in cases.into_iter().enumerate() {
+        let mut c = v4_connect(v4_options(
+            b.port,
+            &format!("auth{i}"),
+            Some((user, &token)),
+        ));
+        assert_eq!(
+            refused_v4(next(&mut c.rx, 5).await),
+            Some(want),
+            "case {i} ({user})"
+        );
+    }
+    // No credentials at all, anonymous not allowed: 0x05.
+    let mut c = v4_connect(v4_options(b.port, "anon", None));
+    assert_eq!(
+        refused_v4(next(&mut c.rx, 5).await),
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+
+    // 5.0: 0x86 bad username or password, 0x87 not authorized.
+    let mut c = v5_connect(v5_options(b.port, "v5bad", Some(("alice", "garbage"))));
+    let got = next(&mut c.rx, 5).await;
+    assert!(
+        matches!(&got, Some(Got::Error(e)) if e.contains("BadUserNamePassword")),
+        "{got:?}"
+    );
+    let mut c = v5_connect(v5_options(b.port, "v5anon", None));
+    let got = next(&mut c.rx, 5).await;
+    assert!(
+        matches!(&got, Some(Got::Error(e)) if e.contains("NotAuthorized")),
+        "{got:?}"
+    );
+    let mut c = v5_connect(v5_options(b.port, "v5good", Some(("alice", &good))));
+    assert!(
+        matches!(next(&mut c.rx, 5).await, Some(Got::Packet(P5::ConnAck(a))) if a.code == Code5::Success)
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn client_id_takeover_stays_within_a_user() {
+    let b = Broker::start().await;
+    let mut a1 = v4_user(b.port, &b, "alice", "phone").await;
+    // Bob using the same client id is a different session: alice stays connected.
+    let _bob = v4_user(b.port, &b, "bob", "phone").await;
+    a1.client
+        .subscribe("iot/alice/x", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    assert!(matches!(
+        v4_suback(&mut a1).await[..],
+        [SubscribeReasonCode::Success(_)]
+    ));
+    // Alice again with the same id takes over her own session.
+    let _a2 = v4_user(b.port, &b, "alice", "phone").await;
+    let got = wait_for(&mut a1.rx, 5, |g| matches!(g, Got::Error(_))).await;
+    assert!(
+        got.is_some(),
+        "the first alice connection must be closed by the takeover"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn acl_table_both_sides_v4() {
+    let b = Broker::start().await;
+    let mut alice = v4_user(b.port, &b, "alice", "a").await;
+    let mut bob = v4_user(b.port, &b, "bob", "b").await;
+    bob.client
+        .subscribe("chat/u/bob/in/#", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    v4_suback(&mut bob).await;
+    let filters = [
+        ("chat/u/alice/in/#", true),
+        ("chat/u/bob/in/#", false),
+        ("chat/u/+/in/#", false),
+        ("#", false),
+        ("chat/p/bob", true),
+        ("chat/p/+", false),
+        ("chat/g/nogroup/#", false),
+        ("iot/alice/#", true),
+        ("iot/bob/#", false),
+        ("test/nosubscribe", false),
+        ("$share/g/iot/alice/jobs", true),
+    ];
+    for (f, ok) in filters {
+        alice
+            .client
+            .subscribe(f, QoS::AtLeastOnce)
+            .await
+            .expect("sub");
+        let codes = v4_suback(&mut alice).await;
+        let granted = matches!(codes[..], [SubscribeReasonCode::Success(_)]);
+        assert_eq!(granted, ok, "{f}: {codes:?}");
+    }
+    // Publishing where alice may not: dropped, in/ack error, nothing reaches bob.
+    for topic in [
+        "chat/u/bob/in/msg",
+        "chat/u/bob/out/send",
+        "chat/g/x/msg",
+        "chat/p/bob",
+        "iot/bob/x",
+        "nowhere",
+    ] {
+        alice
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, b"spoof".to_vec())
+            .await
+            .expect("pub");
+        let err = v4_publish_on(&mut alice, "chat/u/alice/in/ack", 5)
+            .await
+            .expect("in/ack error");
+        let v = unpack(&err.payload);
+        assert_eq!(v["error"]["code"], "forbidden", "{topic}: {v}");
+    }
+    assert!(
+        v4_publish_on(&mut bob, "chat/u/bob/in/msg", 1)
+            .await
+            .is_none(),
+        "nothing denied reaches a subscriber"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn acl_table_v5_reason_codes() {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let b = Broker::start().await;
+    let mut alice = v5_user(b.port, &b, "alice", "a5").await;
+    alice
+        .client
+        .subscribe("chat/u/bob/in/#", Q5::AtLeastOnce)
+        .await
+        .expect("sub");
+    let got = wait_for(&mut alice.rx, 5, |g| {
+        matches!(g, Got::Packet(P5::SubAck(_)))
+    })
+    .await;
+    assert!(format!("{got:?}").contains("NotAuthorized"), "{got:?}");
+    alice
+        .client
+        .subscribe("chat/u/alice/in/#", Q5::AtLeastOnce)
+        .await
+        .expect("sub");
+    let got = wait_for(&mut alice.rx, 5, |g| {
+        matches!(g, Got::Packet(P5::SubAck(_)))
+    })
+    .await;
+    assert!(format!("{got:?}").contains("Success"), "{got:?}");
+    alice
+        .client
+        .publish("chat/u/bob/in/msg", Q5::AtLeastOnce, false, b"x".to_vec())
+        .await
+        .expect("pub");
+    let got = wait_for(&mut alice.rx, 5, |g| {
+        matches!(g, Got::Packet(P5::PubAck(_)))
+    })
+    .await;
+    assert!(format!("{got:?}").contains("NotAuthorized"), "{got:?}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn v5_user_properties_reach_a_v4_subscriber_on_the_general_plane() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let b = Broker::start().await;
+    let mut sub4 = v4_user(b.port, &b, "carol", "c4").await;
+    sub4.client
+        .subscribe("public/news", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    v4_suback(&mut sub4).await;
+    let mut sub5 = v5_user(b.port, &b, "dave", "d5").await;
+    sub5.client
+        .subscribe("public/news", Q5::AtLeastOnce)
+        .await
+        .expect("sub");
+    wait_for(&mut sub5.rx, 5, |g| matches!(g, Got::Packet(P5::SubAck(_))))
+        .await
+        .expect("suback");
+    let pub5 = v5_user(b.port, &b, "erin", "e5").await;
+    let props = PublishProperties {
+        user_properties: vec![("k".into(), "v".into())],
+        ..Default::default()
+    };
+    pub5.client
+        .publish_with_properties(
+            "public/news",
+            Q5::AtLeastOnce,
+            false,
+            b"hello".to_vec(),
+            props,
+        )
+        .await
+        .expect("pub");
+    let p = v4_publish_on(&mut sub4, "public/news", 5)
+        .await
+        .expect("3.1.1 subscriber gets it");
+    assert_eq!(&p.payload[..], b"hello");
+    let got = wait_for(&mut sub5.rx, 5, |g| {
+        matches!(g, Got::Packet(P5::Publish(_)))
+    })
+    .await;
+    match got {
+        Some(Got::Packet(P5::Publish(p))) => {
+            let props = p.properties.expect("properties forwarded");
+            assert_eq!(
+                props.user_properties,
+                vec![("k".to_string(), "v".to_string())]
+            );
+        }
+        other => panic!("5.0 subscriber: {other:?}"),
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn will_is_published_on_unclean_disconnect_only() {
+    let b = Broker::start().await;
+    let mut watcher = v4_user(b.port, &b, "alice", "watch").await;
+    watcher
+        .client
+        .subscribe("iot/alice/status", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    v4_suback(&mut watcher).await;
+    // Clean DISCONNECT: no will.
+    let token = b.token("alice");
+    let mut o = v4_options(b.port, "dev-clean", Some(("alice", &token)));
+    o.set_last_will(LastWill::new(
+        "iot/alice/status",
+        "gone-clean",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let mut c = v4_connect(o);
+    assert!(matches!(
+        next(&mut c.rx, 5).await,
+        Some(Got::Packet(Packet::ConnAck(_)))
+    ));
+    c.client.disconnect().await.expect("disconnect");
+    assert!(v4_publish_on(&mut watcher, "iot/alice/status", 1)
+        .await
+        .is_none());
+    // Socket dropped without DISCONNECT: the will goes out.
+    let mut o = v4_options(b.port, "dev-crash", Some(("alice", &token)));
+    o.set_last_will(LastWill::new(
+        "iot/alice/status",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let mut c = v4_connect(o);
+    assert!(matches!(
+        next(&mut c.rx, 5).await,
+        Some(Got::Packet(Packet::ConnAck(_)))
+    ));
+    drop(c);
+    let p = v4_publish_on(&mut watcher, "iot/alice/status", 5)
+        .await
+        .expect("will");
+    assert_eq!(&p.payload[..], b"gone");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn retained_wildcards_and_shared_subscriptions_via_the_engine() {
+    let b = Broker::start().await;
+    let p = v4_user(b.port, &b, "pub", "p").await;
+    p.client
+        .publish(
+            "public/rooms/1/temp",
+            QoS::AtLeastOnce,
+            true,
+            b"21".to_vec(),
+        )
+        .await
+        .expect("pub");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Retained + wildcard: a late subscriber gets the retained value.
+    let mut late = v4_user(b.port, &b, "late", "l").await;
+    late.client
+        .subscribe("public/rooms/+/temp", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    let got = v4_publish_on(&mut late, "public/rooms/1/temp", 5)
+        .await
+        .expect("retained");
+    assert_eq!(&got.payload[..], b"21");
+    // $share: each message goes to one member of the group.
+    let mut w1 = v4_user(b.port, &b, "w1", "w1").await;
+    let mut w2 = v4_user(b.port, &b, "w2", "w2").await;
+    for w in [&mut w1, &mut w2] {
+        w.client
+            .subscribe("$share/workers/public/jobs", QoS::AtLeastOnce)
+            .await
+            .expect("sub");
+        v4_suback(w).await;
+    }
+    for i in 0..10 {
+        p.client
+            .publish(
+                "public/jobs",
+                QoS::AtLeastOnce,
+                false,
+                format!("job{i}").into_bytes(),
+            )
+            .await
+            .expect("pub");
+    }
+    let mut total = 0;
+    for w in [&mut w1, &mut w2] {
+        while v4_publish_on(w, "public/jobs", 1).await.is_some() {
+            total += 1;
+        }
+    }
+    assert_eq!(
+        total, 10,
+        "every job delivered exactly once across the share group"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn token_expiry_disconnects() {
+    let b = Broker::start().await;
+    let token = token_ttl(&b.config, "alice", 2);
+    let mut c = v4_connect(v4_options(b.port, "short", Some(("alice", &token))));
+    assert!(matches!(
+        next(&mut c.rx, 5).await,
+        Some(Got::Packet(Packet::ConnAck(_)))
+    ));
+    let got = wait_for(&mut c.rx, 8, |g| matches!(g, Got::Error(_))).await;
+    assert!(got.is_some(), "connection closed at token expiry");
+    b.stop().await;
+}
+
+fn connect_packet(user: &str, token: &str, id: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&[0, 4]);
+    body.extend_from_slice(b"MQTT");
+    body.extend_from_slice(&[4, 0b1100_0010, 0, 30]);
+    for s in [id, user, token] {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
+    let mut v = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        v.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    v.extend_from_slice(&body);
+    v
+}
+
+#[tokio::test]
+async fn random_bytes_after_connect_close_only_that_connection() {
+    use rand::{Rng, SeedableRng};
+    let b = Broker::start().await;
+    let token = b.token("fuzz");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut tasks = Vec::new();
+    for i in 0..2000u32 {
+        let len = rng.random_range(1..200);
+        let mut junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        // Half of the cases start with a plausible packet type so the parsers get exercised.
+        if i % 2 == 0 {
+            junk[0] = (rng.random_range(0u8..16) << 4) | (junk[0] & 0x0F);
+        }
+        let hello = connect_packet("fuzz", &token, &format!("f{i}"));
+        let port = b.port;
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                return;
+            };
+            let _ = s.write_all(&hello).await;
+            let _ = s.write_all(&junk).await;
+            let mut buf = [0u8; 256];
+            let _ = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+        }));
+        if tasks.len() >= 100 {
+            for t in tasks.drain(..) {
+                let _ = t.await;
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    // The listener still serves, and chat and general planes still work.
+    let mut c = v4_user(b.port, &b, "alice", "after-fuzz").await;
+    c.client
+        .subscribe("iot/alice/ok", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    v4_suback(&mut c).await;
+    c.client
+        .publish("iot/alice/ok", QoS::AtLeastOnce, false, b"y".to_vec())
+        .await
+        .expect("pub");
+    assert!(v4_publish_on(&mut c, "iot/alice/ok", 5).await.is_some());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn two_thousand_duplicate_client_id_reconnects_leave_the_listener_serving() {
+    let b = Broker::start().await;
+    let token = b.token("dup");
+    let mut tasks = Vec::new();
+    for i in 0..2000u32 {
+        let hello = connect_packet("dup", &token, &format!("same-{}", i % 20));
+        let port = b.port;
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                return;
+            };
+            let _ = s.write_all(&hello).await;
+            let mut buf = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+        }));
+        if tasks.len() >= 200 {
+            for t in tasks.drain(..) {
+                let _ = t.await;
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut c = v4_user(b.port, &b, "dup", "same-1").await;
+    c.client
+        .subscribe("iot/dup/x", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    assert!(matches!(
+        v4_suback(&mut c).await[..],
+        [SubscribeReasonCode::Success(_)]
+    ));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn http_endpoints() {
+    let b = Broker::start().await;
+    let http = b.server.as_ref().and_then(|s| s.http).expect("http");
+    let get = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(http).await.expect("connect");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    let _c = v4_user(b.port, &b, "alice", "m").await;
+    assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+    let metrics = get("/metrics").await;
+    assert!(metrics.contains("chatmq_connects_total"), "{metrics}");
+    b.stop().await;
+}
