@@ -132,11 +132,62 @@ impl<'de> Deserialize<'de> for Target {
 }
 
 /// A message body, tagged by `type`. Stored as a MessagePack map ([`super::encode_body`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Body {
     Text { text: String },
     Media(Media),
+}
+
+/// A body as it arrives. Deserializing through a flat struct instead of serde's internally
+/// tagged enum keeps the field path in errors (`body.size: invalid value…`); the tagged
+/// enum buffers the map first and loses it.
+#[derive(Deserialize)]
+struct BodyWire {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+    url: Option<String>,
+    mime: Option<String>,
+    size: Option<u64>,
+    sha256: Option<String>,
+    name: Option<String>,
+    width: Option<u32>,
+    height: Option<u32>,
+    duration: Option<u64>,
+    thumb: Option<String>,
+    caption: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Body, D::Error> {
+        use serde::de::Error;
+        let w = BodyWire::deserialize(d)?;
+        let missing = |field: &str| {
+            D::Error::custom(format!("missing field `{field}` for type \"{}\"", w.kind))
+        };
+        match w.kind.as_str() {
+            "text" => Ok(Body::Text {
+                text: w.text.clone().ok_or_else(|| missing("text"))?,
+            }),
+            "media" => Ok(Body::Media(Media {
+                url: w.url.clone().ok_or_else(|| missing("url"))?,
+                mime: w.mime.clone().ok_or_else(|| missing("mime"))?,
+                size: w.size.ok_or_else(|| missing("size"))?,
+                sha256: w.sha256.clone().ok_or_else(|| missing("sha256"))?,
+                name: w.name,
+                width: w.width,
+                height: w.height,
+                duration: w.duration,
+                thumb: w.thumb,
+                caption: w.caption,
+            })),
+            other => Err(D::Error::custom(format!(
+                "unknown type \"{}\", expected \"text\" or \"media\"",
+                short(other)
+            ))),
+        }
+    }
 }
 
 /// A media message by reference: the client uploads the file elsewhere (encrypted or not) and
@@ -763,5 +814,775 @@ impl RpcWire {
                 )))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::codec::{encode, Encoding};
+    use super::super::ErrorCode;
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn send(json: &str) -> Result<SendRequest, AckError> {
+        decode_send(json.as_bytes(), &limits())
+    }
+
+    fn rpc(json: &str) -> Result<RpcRequest, RpcError> {
+        decode_rpc(json.as_bytes(), &limits())
+    }
+
+    fn media() -> Media {
+        Media {
+            url: "https://cdn.example.com/m/1.jpg".into(),
+            mime: "image/jpeg".into(),
+            size: 52_344,
+            sha256: "ab".repeat(32),
+            name: Some("beach.jpg".into()),
+            width: Some(1280),
+            height: Some(960),
+            duration: None,
+            thumb: Some("/9j/4AAQSkZJRg==".into()),
+            caption: Some("us".into()),
+        }
+    }
+
+    #[test]
+    fn send_round_trips_in_both_encodings() {
+        let reqs = [
+            SendRequest {
+                cid: "c-1".into(),
+                to: Target::User("bob".into()),
+                body: Body::Text {
+                    text: "hi 👋".into(),
+                },
+                reply_to: Some(Id(u64::MAX)),
+            },
+            SendRequest {
+                cid: "c-2".into(),
+                to: Target::Group("team".into()),
+                body: Body::Media(media()),
+                reply_to: None,
+            },
+        ];
+        for req in reqs {
+            for enc in [Encoding::MsgPack, Encoding::Json] {
+                let bytes = encode(enc, &req);
+                assert_eq!(decode_send(&bytes, &limits()), Ok(req.clone()), "{enc:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn send_as_documented() {
+        let req =
+            send(r#"{"cid":"a1","to":"u:bob","body":{"type":"text","text":"hi"},"reply_to":"7"}"#)
+                .unwrap();
+        assert_eq!(req.to, Target::User("bob".into()));
+        assert_eq!(req.reply_to, Some(Id(7)));
+        let req = send(r#"{"cid":"a1","to":"g:team","body":{"type":"text","text":"hi"},"reply_to":7,"extra":[1]}"#)
+            .unwrap();
+        assert_eq!(req.to, Target::Group("team".into()));
+        assert_eq!(req.reply_to, Some(Id(7)));
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(Target::parse("u:bob"), Some(Target::User("bob".into())));
+        assert_eq!(Target::parse("g:t.1"), Some(Target::Group("t.1".into())));
+        for bad in ["bob", "u:", "g:", "x:bob", "u:a/b", "u:+", "U:bob", ""] {
+            assert_eq!(Target::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Target::User("bob".into()).to_string(), "u:bob");
+        assert_eq!(
+            Target::User("bob".into()).conv("alice"),
+            Some(ConvId::direct("alice", "bob"))
+        );
+        assert_eq!(Target::User("alice".into()).conv("alice"), None);
+        assert_eq!(
+            Target::Group("t".into()).conv("alice"),
+            Some(ConvId::group("t"))
+        );
+    }
+
+    /// Each case: payload, expected code, a piece of the message that names the problem.
+    #[test]
+    fn send_validation_failures() {
+        let big_text = "x".repeat(16 * 1024 + 1);
+        let long_cid = "c".repeat(65);
+        let thumb = "A".repeat(MAX_THUMB + 1);
+        let m = |fields: &str| {
+            format!(
+                r#"{{"cid":"c1","to":"u:bob","body":{{"type":"media","url":"https://x.io/a","mime":"image/png","size":10,"sha256":"{}"{fields}}}}}"#,
+                "0".repeat(64)
+            )
+        };
+        let cases: Vec<(String, ErrorCode, &str)> = vec![
+            (
+                r#"{"to":"u:bob","body":{"type":"text","text":"hi"}}"#.into(),
+                ErrorCode::BadRequest,
+                "missing field `cid`",
+            ),
+            (
+                r#"{"cid":"c1","body":{"type":"text","text":"hi"}}"#.into(),
+                ErrorCode::BadRequest,
+                "missing field `to`",
+            ),
+            (
+                r#"{"cid":"c1","to":"u:bob"}"#.into(),
+                ErrorCode::BadRequest,
+                "missing field `body`",
+            ),
+            (
+                r#"{"cid":"c1","to":"bob","body":{"type":"text","text":"hi"}}"#.into(),
+                ErrorCode::BadRequest,
+                "to: expected \"u:{user}\"",
+            ),
+            (
+                r#"{"cid":"c1","to":"u:b b","body":{"type":"text","text":"hi"}}"#.into(),
+                ErrorCode::BadRequest,
+                "to: ",
+            ),
+            (
+                r#"{"cid":"c1","to":"u:bob","body":{"type":"sticker"}}"#.into(),
+                ErrorCode::BadRequest,
+                "body: unknown type \"sticker\"",
+            ),
+            (
+                r#"{"cid":"c1","to":"u:bob","body":{"text":"hi"}}"#.into(),
+                ErrorCode::BadRequest,
+                "body: missing field `type`",
+            ),
+            (
+                r#"{"cid":"c1","to":"u:bob","body":{"type":"text"}}"#.into(),
+                ErrorCode::BadRequest,
+                "body: missing field `text` for type \"text\"",
+            ),
+            (
+                r#"{"cid":"c1","to":"u:bob","body":{"type":"text","text":"  \n"}}"#.into(),
+                ErrorCode::BadRequest,
+                "body.text: must not be empty",
+            ),
+            (
+                format!(
+                    r#"{{"cid":"c1","to":"u:bob","body":{{"type":"text","text":"{big_text}"}}}}"#
+                ),
+                ErrorCode::TooLarge,
+                "body.text: 16385 bytes; the limit is 16384",
+            ),
+            (
+                format!(
+                    r#"{{"cid":"{long_cid}","to":"u:bob","body":{{"type":"text","text":"hi"}}}}"#
+                ),
+                ErrorCode::BadRequest,
+                "cid: 65 characters; the limit is 64",
+            ),
+            (
+                r#"{"cid":"","to":"u:bob","body":{"type":"text","text":"hi"}}"#.into(),
+                ErrorCode::BadRequest,
+                "cid: must not be empty",
+            ),
+            (
+                r#"{"cid":"a\nb","to":"u:bob","body":{"type":"text","text":"hi"}}"#.into(),
+                ErrorCode::BadRequest,
+                "cid: must not contain control",
+            ),
+            (
+                r#"{"cid":"c1","to":"u:bob","body":{"type":"text","text":"hi"},"reply_to":"x"}"#
+                    .into(),
+                ErrorCode::BadRequest,
+                "reply_to: invalid value",
+            ),
+            (
+                r#"{"cid":"c1","to":"u:bob","body":{"type":"text","text":"hi"}} x"#.into(),
+                ErrorCode::BadRequest,
+                "unexpected bytes",
+            ),
+            (
+                r#"{"cid":"c1","to":"u:bob","#.into(),
+                ErrorCode::BadRequest,
+                "EOF",
+            ),
+            (m(""), ErrorCode::BadRequest, "ok"),
+            (
+                m(r#","url":"ftp://x/a""#).replacen(r#""url":"https://x.io/a","#, "", 1),
+                ErrorCode::BadRequest,
+                "body.url: must be an http:// or https:// URL",
+            ),
+            (
+                m("").replace("https://x.io/a", "https:///a"),
+                ErrorCode::BadRequest,
+                "body.url: URL has no host",
+            ),
+            (
+                m("").replace("https://x.io/a", "https://x.io/a b"),
+                ErrorCode::BadRequest,
+                "body.url: URL must not contain whitespace",
+            ),
+            (
+                m("").replace("image/png", "png"),
+                ErrorCode::BadRequest,
+                "body.mime",
+            ),
+            (
+                m("").replace(r#""size":10"#, r#""size":0"#),
+                ErrorCode::BadRequest,
+                "body.size",
+            ),
+            (
+                m("").replace(r#""size":10"#, r#""size":-1"#),
+                ErrorCode::BadRequest,
+                "body.size: invalid value",
+            ),
+            (
+                m("").replace(&"0".repeat(64), &"0".repeat(63)),
+                ErrorCode::BadRequest,
+                "body.sha256: must be 64 hexadecimal characters",
+            ),
+            (
+                m("").replace(&"0".repeat(64), &"g".repeat(64)),
+                ErrorCode::BadRequest,
+                "body.sha256",
+            ),
+            (
+                m(r#","width":0"#),
+                ErrorCode::BadRequest,
+                "body.width: must be at least 1",
+            ),
+            (
+                m(r#","width":5000000000"#),
+                ErrorCode::BadRequest,
+                "body.width: invalid value",
+            ),
+            (
+                m(&format!(r#","thumb":"{thumb}""#)),
+                ErrorCode::TooLarge,
+                "body.thumb: 16385 bytes",
+            ),
+            (
+                m(r#","thumb":"not base64!""#),
+                ErrorCode::BadRequest,
+                "body.thumb: must be non-empty base64",
+            ),
+            (
+                m(&format!(r#","name":"{}""#, "n".repeat(256))),
+                ErrorCode::BadRequest,
+                "body.name: 256 characters; the limit is 255",
+            ),
+            (
+                m(&format!(r#","caption":"{big_text}""#)),
+                ErrorCode::TooLarge,
+                "body.caption: 16385 bytes",
+            ),
+            ("[1]".into(), ErrorCode::BadRequest, "payload must be a map"),
+            ("".into(), ErrorCode::BadRequest, "empty payload"),
+        ];
+        for (payload, code, needle) in cases {
+            match send(&payload) {
+                Ok(_) if needle == "ok" => {}
+                Ok(req) => panic!("accepted {payload}: {req:?}"),
+                Err(AckError { error, .. }) => {
+                    assert_eq!(error.code, code, "{payload}: {error}");
+                    assert!(error.message.contains(needle), "{payload}: {error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn send_errors_carry_the_cid_when_readable() {
+        let err =
+            send(r#"{"cid":"c9","to":"nobody","body":{"type":"text","text":"hi"}}"#).unwrap_err();
+        assert_eq!(err.cid.as_deref(), Some("c9"));
+        let err = send(r#"{"cid":"c9","to":"u:bob","body":{"#).unwrap_err();
+        assert_eq!(err.cid.as_deref(), Some("c9"));
+        // A cid that is itself invalid is not echoed.
+        let err = send(&format!(r#"{{"cid":"{}","to":"u:bob"}}"#, "c".repeat(65))).unwrap_err();
+        assert_eq!(err.cid, None);
+        let err = send(r#"{"cid":7,"to":"u:bob"}"#).unwrap_err();
+        assert_eq!(err.cid, None);
+        // Oversized: refused before decoding, the cid still found.
+        let payload = format!(
+            r#"{{"cid":"big","to":"u:bob","body":{{"type":"text","text":"{}"}}}}"#,
+            "x".repeat(70_000)
+        );
+        let err = send(&payload).unwrap_err();
+        assert_eq!(err.cid.as_deref(), Some("big"));
+        assert_eq!(err.error.code, ErrorCode::TooLarge);
+        assert!(
+            err.error.message.contains("the limit is 65536"),
+            "{}",
+            err.error
+        );
+    }
+
+    #[test]
+    fn receipts() {
+        let ok = decode_receipt(
+            br#"{"conv":"d:alice:bob","up_to":5,"kind":"read"}"#,
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            ReceiptRequest {
+                conv: ConvId::direct("alice", "bob"),
+                up_to: 5,
+                kind: ReceiptKind::Read
+            }
+        );
+        let bytes = encode(Encoding::MsgPack, &ok);
+        assert_eq!(decode_receipt(&bytes, &limits()), Ok(ok));
+        for (payload, needle) in [
+            (
+                r#"{"conv":"d:bob:alice","up_to":5,"kind":"read"}"#,
+                "conv: \"d:bob:alice\" is not",
+            ),
+            (r#"{"conv":"g:","up_to":5,"kind":"read"}"#, "conv:"),
+            (
+                r#"{"conv":"g:t","up_to":0,"kind":"read"}"#,
+                "up_to: seqs start at 1",
+            ),
+            (
+                r#"{"conv":"g:t","up_to":-1,"kind":"read"}"#,
+                "up_to: invalid value",
+            ),
+            (
+                r#"{"conv":"g:t","up_to":1,"kind":"seen"}"#,
+                "kind: unknown variant `seen`",
+            ),
+            (r#"{"conv":"g:t","kind":"read"}"#, "missing field `up_to`"),
+        ] {
+            let err = decode_receipt(payload.as_bytes(), &limits()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{payload}");
+            assert!(err.message.contains(needle), "{payload}: {err}");
+        }
+    }
+
+    #[test]
+    fn typing() {
+        let t = decode_typing(br#"{"to":"g:team","state":"typing"}"#, &limits()).unwrap();
+        assert_eq!(t.state, TypingState::Typing);
+        let err = decode_typing(br#"{"to":"g:team","state":"recording"}"#, &limits()).unwrap_err();
+        assert!(err.message.contains("state: unknown variant"), "{err}");
+        let small = Limits {
+            max_payload: 10,
+            ..limits()
+        };
+        let err = decode_typing(br#"{"to":"g:team","state":"typing"}"#, &small).unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn rpc_ops_decode() {
+        let users = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cases: Vec<(&str, RpcOp)> = vec![
+            (
+                r#"{"rid":1,"op":"conversations"}"#,
+                RpcOp::Conversations {
+                    limit: 50,
+                    before: None,
+                },
+            ),
+            (
+                r#"{"rid":1,"op":"conversations","limit":10,"before":1700000000000}"#,
+                RpcOp::Conversations {
+                    limit: 10,
+                    before: Some(1_700_000_000_000),
+                },
+            ),
+            (
+                r#"{"rid":1,"op":"history","conv":"g:t"}"#,
+                RpcOp::History {
+                    conv: ConvId::group("t"),
+                    dir: PageDir::Before(None),
+                    limit: 50,
+                },
+            ),
+            (
+                r#"{"rid":1,"op":"history","conv":"g:t","before":40,"limit":100}"#,
+                RpcOp::History {
+                    conv: ConvId::group("t"),
+                    dir: PageDir::Before(Some(40)),
+                    limit: 100,
+                },
+            ),
+            (
+                r#"{"rid":1,"op":"history","conv":"d:a:b","after":0,"limit":1}"#,
+                RpcOp::History {
+                    conv: ConvId::direct("a", "b"),
+                    dir: PageDir::After(0),
+                    limit: 1,
+                },
+            ),
+            (
+                r#"{"rid":1,"op":"group.create","name":"Team"}"#,
+                RpcOp::GroupCreate {
+                    name: "Team".into(),
+                    members: vec![],
+                },
+            ),
+            (
+                r#"{"rid":1,"op":"group.create","name":"Team","members":["b","c","b"]}"#,
+                RpcOp::GroupCreate {
+                    name: "Team".into(),
+                    members: users(&["b", "c"]),
+                },
+            ),
+            (
+                r#"{"rid":1,"op":"group.add","gid":"t","users":["x"]}"#,
+                RpcOp::GroupAdd {
+                    gid: "t".into(),
+                    users: users(&["x"]),
+                },
+            ),
+            (
+                r#"{"rid":1,"op":"group.remove","gid":"t","users":["x"]}"#,
+                RpcOp::GroupRemove {
+                    gid: "t".into(),
+                    users: users(&["x"]),
+                },
+            ),
+            (
+                r#"{"rid":1,"op":"group.leave","gid":"t"}"#,
+                RpcOp::GroupLeave { gid: "t".into() },
+            ),
+            (
+                r#"{"rid":1,"op":"group.info","gid":"t"}"#,
+                RpcOp::GroupInfo { gid: "t".into() },
+            ),
+            (r#"{"rid":1,"op":"group.list"}"#, RpcOp::GroupList),
+            (
+                r#"{"rid":1,"op":"profile.set","display_name":"Bob","status":null,"avatar_url":""}"#,
+                RpcOp::ProfileSet(ProfileUpdate {
+                    display_name: Some(Some("Bob".into())),
+                    avatar_url: Some(None),
+                    status: Some(None),
+                    hide_last_seen: None,
+                }),
+            ),
+            (
+                r#"{"rid":1,"op":"profile.set","hide_last_seen":true}"#,
+                RpcOp::ProfileSet(ProfileUpdate {
+                    hide_last_seen: Some(true),
+                    ..Default::default()
+                }),
+            ),
+            (
+                r#"{"rid":1,"op":"profile.get","users":["a","b"]}"#,
+                RpcOp::ProfileGet {
+                    users: users(&["a", "b"]),
+                },
+            ),
+            (
+                r#"{"rid":1,"op":"presence.get","users":["a"]}"#,
+                RpcOp::PresenceGet {
+                    users: users(&["a"]),
+                },
+            ),
+        ];
+        for (payload, op) in cases {
+            let req = rpc(payload).unwrap_or_else(|e| panic!("{payload}: {e}"));
+            assert_eq!(req.op, op, "{payload}");
+            assert_eq!(req.rid, Rid::U64(1));
+            assert!(payload.contains(&format!("\"{}\"", req.op.name())));
+        }
+    }
+
+    #[test]
+    fn rpc_in_msgpack_and_rid_forms() {
+        #[derive(Serialize)]
+        struct Req<'a> {
+            rid: &'a str,
+            op: &'a str,
+            gid: &'a str,
+        }
+        let bytes = encode(
+            Encoding::MsgPack,
+            &Req {
+                rid: "r-1",
+                op: "group.info",
+                gid: "t",
+            },
+        );
+        let req = decode_rpc(&bytes, &limits()).unwrap();
+        assert_eq!(req.rid, Rid::Str("r-1".into()));
+        assert_eq!(req.op, RpcOp::GroupInfo { gid: "t".into() });
+        assert_eq!(
+            rpc(r#"{"rid":-5,"op":"group.list"}"#).unwrap().rid,
+            Rid::I64(-5)
+        );
+    }
+
+    #[test]
+    fn rpc_failures() {
+        let many = format!(
+            "[{}]",
+            (0..=MAX_USERS_PER_CALL)
+                .map(|i| format!("\"u{i}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let cases: Vec<(String, Option<Rid>, ErrorCode, &str)> = vec![
+            (
+                r#"{"op":"group.list"}"#.into(),
+                None,
+                ErrorCode::BadRequest,
+                "missing field `rid`",
+            ),
+            (
+                r#"{"rid":1.5,"op":"group.list"}"#.into(),
+                None,
+                ErrorCode::BadRequest,
+                "rid: invalid type",
+            ),
+            (
+                r#"{"rid":""}"#.into(),
+                None,
+                ErrorCode::BadRequest,
+                "rid: must not be empty",
+            ),
+            (
+                r#"{"rid":"r"}"#.into(),
+                Some(Rid::Str("r".into())),
+                ErrorCode::BadRequest,
+                "rpc: missing `op`",
+            ),
+            (
+                r#"{"rid":"r","op":"nuke"}"#.into(),
+                Some(Rid::Str("r".into())),
+                ErrorCode::BadRequest,
+                "unknown op \"nuke\"",
+            ),
+            (
+                r#"{"rid":2,"op":"history"}"#.into(),
+                Some(Rid::U64(2)),
+                ErrorCode::BadRequest,
+                "history: missing `conv`",
+            ),
+            (
+                r#"{"rid":2,"op":"history","conv":"x"}"#.into(),
+                Some(Rid::U64(2)),
+                ErrorCode::BadRequest,
+                "history: conv \"x\" is not",
+            ),
+            (
+                r#"{"rid":2,"op":"history","conv":"g:t","before":3,"after":1}"#.into(),
+                Some(Rid::U64(2)),
+                ErrorCode::BadRequest,
+                "not both",
+            ),
+            (
+                r#"{"rid":2,"op":"history","conv":"g:t","limit":101}"#.into(),
+                Some(Rid::U64(2)),
+                ErrorCode::BadRequest,
+                "limit 101 is out of range 1..=100",
+            ),
+            (
+                r#"{"rid":2,"op":"history","conv":"g:t","limit":0}"#.into(),
+                Some(Rid::U64(2)),
+                ErrorCode::BadRequest,
+                "limit 0",
+            ),
+            (
+                r#"{"rid":2,"op":"history","conv":"g:t","limit":"5"}"#.into(),
+                Some(Rid::U64(2)),
+                ErrorCode::BadRequest,
+                "limit: invalid type",
+            ),
+            (
+                r#"{"rid":2,"op":"conversations","before":18446744073709551615}"#.into(),
+                Some(Rid::U64(2)),
+                ErrorCode::BadRequest,
+                "`before` is a timestamp",
+            ),
+            (
+                r#"{"rid":3,"op":"group.create"}"#.into(),
+                Some(Rid::U64(3)),
+                ErrorCode::BadRequest,
+                "group.create: missing `name`",
+            ),
+            (
+                r#"{"rid":3,"op":"group.create","name":" "}"#.into(),
+                Some(Rid::U64(3)),
+                ErrorCode::BadRequest,
+                "`name` must not be empty",
+            ),
+            (
+                format!(
+                    r#"{{"rid":3,"op":"group.create","name":"{}"}}"#,
+                    "n".repeat(101)
+                ),
+                Some(Rid::U64(3)),
+                ErrorCode::BadRequest,
+                "name: 101 characters; the limit is 100",
+            ),
+            (
+                r#"{"rid":3,"op":"group.create","name":"x","members":["ok","no way"]}"#.into(),
+                Some(Rid::U64(3)),
+                ErrorCode::BadRequest,
+                "contains \"no way\"",
+            ),
+            (
+                format!(r#"{{"rid":3,"op":"group.add","gid":"t","users":{many}}}"#),
+                Some(Rid::U64(3)),
+                ErrorCode::TooLarge,
+                "has 1001 users; the limit is 1000",
+            ),
+            (
+                r#"{"rid":3,"op":"group.add","gid":"t"}"#.into(),
+                Some(Rid::U64(3)),
+                ErrorCode::BadRequest,
+                "group.add: missing `users`",
+            ),
+            (
+                r#"{"rid":3,"op":"group.add","gid":"t","users":[]}"#.into(),
+                Some(Rid::U64(3)),
+                ErrorCode::BadRequest,
+                "`users` must not be empty",
+            ),
+            (
+                r#"{"rid":3,"op":"group.add","gid":"t","users":"bob"}"#.into(),
+                Some(Rid::U64(3)),
+                ErrorCode::BadRequest,
+                "users: invalid type",
+            ),
+            (
+                r#"{"rid":3,"op":"group.remove","gid":"a/b","users":["x"]}"#.into(),
+                Some(Rid::U64(3)),
+                ErrorCode::BadRequest,
+                "gid \"a/b\"",
+            ),
+            (
+                r#"{"rid":3,"op":"group.leave"}"#.into(),
+                Some(Rid::U64(3)),
+                ErrorCode::BadRequest,
+                "group.leave: missing `gid`",
+            ),
+            (
+                r#"{"rid":4,"op":"profile.set"}"#.into(),
+                Some(Rid::U64(4)),
+                ErrorCode::BadRequest,
+                "give at least one",
+            ),
+            (
+                r#"{"rid":4,"op":"profile.set","avatar_url":"javascript:x"}"#.into(),
+                Some(Rid::U64(4)),
+                ErrorCode::BadRequest,
+                "avatar_url: must be an http",
+            ),
+            (
+                format!(
+                    r#"{{"rid":4,"op":"profile.set","status":"{}"}}"#,
+                    "s".repeat(141)
+                ),
+                Some(Rid::U64(4)),
+                ErrorCode::BadRequest,
+                "status: 141 characters",
+            ),
+            (
+                r#"{"rid":4,"op":"profile.set","display_name":"a\u0000b"}"#.into(),
+                Some(Rid::U64(4)),
+                ErrorCode::BadRequest,
+                "display_name: must not contain control",
+            ),
+            (
+                r#"{"rid":4,"op":"profile.set","hide_last_seen":"yes"}"#.into(),
+                Some(Rid::U64(4)),
+                ErrorCode::BadRequest,
+                "hide_last_seen: invalid type",
+            ),
+            (
+                r#"{"rid":5,"op":"presence.get","users":["a"],"#.into(),
+                Some(Rid::U64(5)),
+                ErrorCode::BadRequest,
+                "EOF",
+            ),
+        ];
+        for (payload, rid, code, needle) in cases {
+            let err = rpc(&payload).unwrap_err();
+            assert_eq!(err.rid, rid, "{payload}");
+            assert_eq!(err.error.code, code, "{payload}: {}", err.error);
+            assert!(
+                err.error.message.contains(needle),
+                "{payload}: {}",
+                err.error
+            );
+        }
+    }
+
+    #[test]
+    fn limits_config() {
+        let l: Limits = toml::from_str("max_text = 100").unwrap();
+        assert_eq!(l.max_text, 100);
+        assert_eq!(l.max_payload, 65536);
+        assert_eq!(l.max_cid, 64);
+        assert!(l.check().is_ok());
+        let bad = Limits {
+            max_text: 1 << 20,
+            ..Limits::default()
+        };
+        assert_eq!(bad.check().unwrap_err().0, "max_text");
+    }
+
+    /// Whatever arrives, decoding answers and never panics.
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let valid: Vec<Vec<u8>> = vec![
+            encode(
+                Encoding::MsgPack,
+                &SendRequest {
+                    cid: "c".into(),
+                    to: Target::User("bob".into()),
+                    body: Body::Media(media()),
+                    reply_to: Some(Id(9)),
+                },
+            ),
+            br#"{"cid":"c","to":"u:bob","body":{"type":"text","text":"hi"}}"#.to_vec(),
+            br#"{"rid":1,"op":"group.add","gid":"t","users":["a","b"]}"#.to_vec(),
+            br#"{"conv":"d:a:b","up_to":5,"kind":"read"}"#.to_vec(),
+        ];
+        let l = limits();
+        for i in 0..20_000 {
+            let payload: Vec<u8> = if i % 2 == 0 {
+                let len = (next() % 64) as usize;
+                let mut p: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                // Bias towards map markers so the decoders get past the first byte.
+                if let Some(first) = p.first_mut() {
+                    *first = [0x81, 0x83, 0xde, 0xdf, b'{', *first][(next() % 6) as usize];
+                }
+                p
+            } else {
+                let mut p = valid[(next() % valid.len() as u64) as usize].clone();
+                for _ in 0..(1 + next() % 4) {
+                    let at = (next() % p.len() as u64) as usize;
+                    match next() % 3 {
+                        0 => p[at] = next() as u8,
+                        1 => p.truncate(at.max(1)),
+                        _ => p.insert(at, next() as u8),
+                    }
+                }
+                p
+            };
+            let _ = decode_send(&payload, &l);
+            let _ = decode_rpc(&payload, &l);
+            let _ = decode_receipt(&payload, &l);
+            let _ = decode_typing(&payload, &l);
+        }
+        let huge = vec![b'{'; 10 << 20];
+        assert_eq!(
+            decode_send(&huge, &l).unwrap_err().error.code,
+            ErrorCode::TooLarge
+        );
     }
 }

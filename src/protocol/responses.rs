@@ -411,6 +411,7 @@ pub enum RpcResult {
 
 /// `in/rpc`: `{rid, ok: true, result}` or `{rid, ok: false, error}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "R: Deserialize<'de>"))]
 pub struct RpcResponse<R = RpcResult> {
     /// Absent only when the request's `rid` could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -445,5 +446,290 @@ impl<R> RpcResponse<R> {
 impl<R> From<RpcError> for RpcResponse<R> {
     fn from(e: RpcError) -> RpcResponse<R> {
         RpcResponse::err(e.rid, e.error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::codec::{decode, encode};
+    use super::super::requests::Media;
+    use super::*;
+    use crate::store::Cursors;
+
+    fn stored(body: &Body) -> StoredMessage {
+        StoredMessage {
+            id: 7_312_345_678_901_234_567,
+            conv: ConvId::direct("alice", "bob"),
+            seq: 42,
+            from: "alice".into(),
+            ts: 1_700_000_000_123,
+            cid: "c-1".into(),
+            body: encode_body(body),
+            reply_to: Some(7_312_345_678_901_230_000),
+        }
+    }
+
+    fn text(t: &str) -> Body {
+        Body::Text { text: t.into() }
+    }
+
+    #[test]
+    fn message_out_json_shape() {
+        let m = MessageOut::from_stored(&stored(&text("hi"))).unwrap();
+        let json = String::from_utf8(encode(Encoding::Json, &m)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"7312345678901234567","conv":"d:alice:bob","seq":42,"from":"alice","ts":1700000000123,"cid":"c-1","body":{"type":"text","text":"hi"},"reply_to":"7312345678901230000"}"#
+        );
+    }
+
+    #[test]
+    fn message_out_round_trips_in_both_encodings() {
+        let media = Body::Media(Media {
+            url: "https://cdn.example.com/a.ogg".into(),
+            mime: "audio/ogg".into(),
+            size: 9000,
+            sha256: "f".repeat(64),
+            duration: Some(7000),
+            ..Default::default()
+        });
+        for body in [text("hi"), media] {
+            let m = MessageOut::from_stored(&stored(&body)).unwrap();
+            assert_eq!(m.typed_body(), Some(body.clone()));
+            for enc in [Encoding::MsgPack, Encoding::Json] {
+                let back: MessageOut = decode(&encode(enc, &m)).unwrap();
+                assert_eq!(back.id, m.id, "{enc:?}");
+                assert_eq!(back.reply_to, m.reply_to);
+                assert_eq!(back.typed_body(), Some(body.clone()), "{enc:?}");
+            }
+        }
+        // MessagePack keeps ids as integers.
+        let m = MessageOut::from_stored(&stored(&text("hi"))).unwrap();
+        let v = rmpv::decode::read_value(&mut &encode(Encoding::MsgPack, &m)[..]).unwrap();
+        assert_eq!(v["id"].as_u64(), Some(7_312_345_678_901_234_567));
+        assert_eq!(v["body"]["text"].as_str(), Some("hi"));
+    }
+
+    #[test]
+    fn stored_body_is_a_named_map() {
+        let v = rmpv::decode::read_value(&mut &encode_body(&text("hi"))[..]).unwrap();
+        assert_eq!(v["type"].as_str(), Some("text"));
+        assert_eq!(v["text"].as_str(), Some("hi"));
+    }
+
+    #[test]
+    fn unreadable_stored_bodies_are_internal_errors() {
+        let mut m = stored(&text("hi"));
+        for body in [vec![], vec![0xc1], vec![0x92, 1, 2], vec![0x81, 1, 2]] {
+            m.body = body;
+            let err = MessageOut::from_stored(&m).unwrap_err();
+            assert_eq!(err.code, super::super::ErrorCode::Internal);
+        }
+    }
+
+    #[test]
+    fn acks() {
+        let m = stored(&text("hi"));
+        let ack = SentAck::of(&m);
+        assert_eq!(
+            String::from_utf8(encode(Encoding::Json, &ack)).unwrap(),
+            r#"{"cid":"c-1","id":"7312345678901234567","conv":"d:alice:bob","seq":42,"ts":1700000000123}"#
+        );
+        let err = AckError {
+            cid: Some("c-2".into()),
+            error: ChatError::forbidden("not a member of g:team"),
+        };
+        assert_eq!(
+            String::from_utf8(encode(Encoding::Json, &err)).unwrap(),
+            r#"{"cid":"c-2","error":{"code":"forbidden","message":"not a member of g:team"}}"#
+        );
+        for enc in [Encoding::MsgPack, Encoding::Json] {
+            assert_eq!(
+                decode::<AckOut>(&encode(enc, &ack)),
+                Ok(AckOut::Sent(ack.clone()))
+            );
+            assert_eq!(
+                decode::<AckOut>(&encode(enc, &err)),
+                Ok(AckOut::Error(err.clone()))
+            );
+        }
+    }
+
+    #[test]
+    fn rpc_responses() {
+        let ok: RpcResponse = RpcResponse::ok(
+            Rid::Str("r1".into()),
+            RpcResult::Membership(MembershipOut {
+                gid: "team".into(),
+                changed: vec!["carol".into()],
+                member_count: 3,
+            }),
+        );
+        assert_eq!(
+            String::from_utf8(encode(Encoding::Json, &ok)).unwrap(),
+            r#"{"rid":"r1","ok":true,"result":{"gid":"team","changed":["carol"],"member_count":3}}"#
+        );
+        let err: RpcResponse = RpcError {
+            rid: Some(Rid::U64(9)),
+            error: ChatError::not_found("no group \"x\""),
+        }
+        .into();
+        assert_eq!(
+            String::from_utf8(encode(Encoding::Json, &err)).unwrap(),
+            r#"{"rid":9,"ok":false,"error":{"code":"not_found","message":"no group \"x\""}}"#
+        );
+        // Ids inside an rpc result stay integers in MessagePack and strings in JSON, through
+        // the untagged result enum.
+        let history = HistoryOut::from_page(
+            &ConvId::direct("alice", "bob"),
+            &HistoryPage {
+                messages: vec![stored(&text("a"))],
+                has_more: true,
+            },
+        )
+        .unwrap();
+        let resp: RpcResponse = RpcResponse::ok(Rid::U64(1), RpcResult::History(history.clone()));
+        let v = rmpv::decode::read_value(&mut &encode(Encoding::MsgPack, &resp)[..]).unwrap();
+        assert_eq!(
+            v["result"]["messages"][0]["id"].as_u64(),
+            Some(7_312_345_678_901_234_567)
+        );
+        let json = String::from_utf8(encode(Encoding::Json, &resp)).unwrap();
+        assert!(json.contains(r#""id":"7312345678901234567""#), "{json}");
+        for enc in [Encoding::MsgPack, Encoding::Json] {
+            let back: RpcResponse<HistoryOut> = decode(&encode(enc, &resp)).unwrap();
+            assert_eq!(back.rid, Some(Rid::U64(1)));
+            assert_eq!(back.result, Some(history.clone()));
+        }
+    }
+
+    #[test]
+    fn events_receipts_typing_presence() {
+        let e = EventOut {
+            kind: EventKind::GroupAdded,
+            gid: "team".into(),
+            by: "alice".into(),
+            users: vec!["carol".into()],
+            ts: 5,
+            name: Some("Team".into()),
+        };
+        assert_eq!(
+            String::from_utf8(encode(Encoding::Json, &e)).unwrap(),
+            r#"{"type":"group.added","gid":"team","by":"alice","users":["carol"],"ts":5,"name":"Team"}"#
+        );
+        let r = ReceiptOut {
+            conv: ConvId::group("team"),
+            by: "bob".into(),
+            kind: ReceiptKind::Delivered,
+            up_to: 3,
+            ts: 9,
+        };
+        assert_eq!(
+            String::from_utf8(encode(Encoding::Json, &r)).unwrap(),
+            r#"{"conv":"g:team","by":"bob","kind":"delivered","up_to":3,"ts":9}"#
+        );
+        let t = TypingOut {
+            conv: ConvId::direct("a", "b"),
+            from: "a".into(),
+            state: TypingState::Paused,
+        };
+        assert_eq!(
+            String::from_utf8(encode(Encoding::Json, &t)).unwrap(),
+            r#"{"conv":"d:a:b","from":"a","state":"paused"}"#
+        );
+        let p = PresenceOut {
+            state: PresenceState::Offline,
+            last_seen: None,
+        };
+        assert_eq!(
+            String::from_utf8(encode(Encoding::Json, &p)).unwrap(),
+            r#"{"state":"offline"}"#
+        );
+        for enc in [Encoding::MsgPack, Encoding::Json] {
+            assert_eq!(decode::<EventOut>(&encode(enc, &e)), Ok(e.clone()));
+            assert_eq!(decode::<ReceiptOut>(&encode(enc, &r)), Ok(r.clone()));
+            assert_eq!(decode::<TypingOut>(&encode(enc, &t)), Ok(t.clone()));
+            assert_eq!(decode::<PresenceOut>(&encode(enc, &p)), Ok(p.clone()));
+        }
+    }
+
+    #[test]
+    fn conversation_rows() {
+        let summary = |from: &str| ConversationSummary {
+            conv: ConvId::direct("alice", "bob"),
+            last_ts: 10,
+            last_seq: 42,
+            last_message: Some(StoredMessage {
+                from: from.into(),
+                ..stored(&text("x"))
+            }),
+            cursors: Cursors {
+                delivered_up_to: 40,
+                read_up_to: 38,
+            },
+            name: None,
+        };
+        let row = ConversationOut::from_summary("alice", &summary("bob")).unwrap();
+        assert_eq!(row.kind, ConvType::Direct);
+        assert_eq!(row.peer.as_deref(), Some("bob"));
+        assert_eq!(row.unread, 4);
+        let row = ConversationOut::from_summary("alice", &summary("alice")).unwrap();
+        assert_eq!(row.unread, 0);
+        let group = ConversationSummary {
+            conv: ConvId::group("team"),
+            last_ts: 3,
+            last_seq: 0,
+            last_message: None,
+            cursors: Cursors::default(),
+            name: Some("Team".into()),
+        };
+        let row = ConversationOut::from_summary("alice", &group).unwrap();
+        assert_eq!(
+            String::from_utf8(encode(Encoding::Json, &row)).unwrap(),
+            r#"{"conv":"g:team","kind":"group","name":"Team","last_seq":0,"last_ts":3,"read_up_to":0,"delivered_up_to":0,"unread":0}"#
+        );
+        let broken = ConversationSummary {
+            conv: ConvId("nonsense".into()),
+            ..group
+        };
+        assert!(ConversationOut::from_summary("alice", &broken).is_err());
+    }
+
+    #[test]
+    fn profiles_hide_last_seen_from_others() {
+        let p = Profile {
+            user: "bob".into(),
+            display_name: Some("Bob".into()),
+            hide_last_seen: true,
+            last_seen: Some(99),
+            ..Default::default()
+        };
+        assert_eq!(ProfileOut::from_profile(p.clone(), "alice").last_seen, None);
+        assert_eq!(
+            ProfileOut::from_profile(p.clone(), "bob").last_seen,
+            Some(99)
+        );
+        let shown = Profile {
+            hide_last_seen: false,
+            ..p
+        };
+        assert_eq!(ProfileOut::from_profile(shown, "alice").last_seen, Some(99));
+    }
+
+    #[test]
+    fn group_info() {
+        let info = GroupInfo {
+            gid: "team".into(),
+            name: "Team".into(),
+            created_by: "alice".into(),
+            created_ts: 1,
+            admins: vec!["alice".into()],
+            member_count: 2,
+        };
+        let out = GroupInfoOut::from_info(info, Some(vec!["alice".into(), "bob".into()]));
+        assert_eq!(
+            String::from_utf8(encode(Encoding::Json, &out)).unwrap(),
+            r#"{"gid":"team","name":"Team","admins":["alice"],"members":["alice","bob"],"member_count":2,"created_by":"alice","created_ts":1}"#
+        );
     }
 }
