@@ -124,7 +124,11 @@ impl Authenticator {
         let mut validation = Validation::new(alg);
         validation.leeway = cfg.leeway_secs;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer/audience must be present, not just right when present.
+        let mut required = vec!["exp", "sub"];
+        required.extend(cfg.issuer.as_ref().map(|_| "iss"));
+        required.extend(cfg.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         if let Some(iss) = &cfg.issuer {
             validation.set_issuer(&[iss]);
         }

@@ -367,13 +367,13 @@ impl Config {
         if c.group_max_members < 2 {
             return Err(invalid("chat.group_max_members", "must be at least 2"));
         }
-        if !(c.rate_per_sec > 0.0) || !c.rate_per_sec.is_finite() {
+        if c.rate_per_sec.is_nan() || c.rate_per_sec <= 0.0 || c.rate_per_sec.is_infinite() {
             return Err(invalid("chat.rate_per_sec", "must be a positive number"));
         }
         if c.rate_burst < 1.0 || !c.rate_burst.is_finite() {
             return Err(invalid("chat.rate_burst", "must be at least 1"));
         }
-        if !(c.typing_per_sec > 0.0) || !c.typing_per_sec.is_finite() {
+        if c.typing_per_sec.is_nan() || c.typing_per_sec <= 0.0 || c.typing_per_sec.is_infinite() {
             return Err(invalid("chat.typing_per_sec", "must be a positive number"));
         }
         if c.offline_page == 0 || c.offline_page > 1000 {

@@ -45,7 +45,9 @@ pub struct Codec {
     max_packet: usize,
 }
 
-/// Result of trying to take one packet off the read buffer.
+/// Result of trying to take one packet off the read buffer. Transient (never stored), so
+/// the size of `Packet` does not matter here.
+#[allow(clippy::large_enum_variant)]
 pub enum Frame {
     /// Not enough bytes yet.
     Incomplete,

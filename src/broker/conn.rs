@@ -615,7 +615,7 @@ impl Conn {
                     self.inflight.remove(&ack.pkid);
                     Ok(())
                 } else {
-                    self.to_engine(Packet::PubAck(ack, props)).await
+                    self.send_to_engine(Packet::PubAck(ack, props)).await
                 }
             }
             Packet::PubRel(rel, props) => {
@@ -628,7 +628,7 @@ impl Conn {
                         None,
                     ))
                 } else if self.link.is_some() {
-                    self.to_engine(Packet::PubRel(rel, props)).await
+                    self.send_to_engine(Packet::PubRel(rel, props)).await
                 } else {
                     self.put(Packet::PubComp(
                         PubComp {
@@ -639,7 +639,7 @@ impl Conn {
                     ))
                 }
             }
-            p @ (Packet::PubRec(..) | Packet::PubComp(..)) => self.to_engine(p).await,
+            p @ (Packet::PubRec(..) | Packet::PubComp(..)) => self.send_to_engine(p).await,
             Packet::Subscribe(s, props) => self.on_subscribe(s, props).await,
             Packet::Unsubscribe(u, props) => self.on_unsubscribe(u, props).await,
             Packet::PingReq(_) => self.put(Packet::PingResp(PingResp)),
@@ -714,7 +714,7 @@ impl Conn {
             PublishRoute::General => {
                 metrics::counter!(m::MESSAGES, "plane" => "general", "kind" => "publish")
                     .increment(1);
-                self.to_engine(Packet::Publish(p, props)).await
+                self.send_to_engine(Packet::Publish(p, props)).await
             }
             PublishRoute::Deny(reason) => self.deny_publish(h, reason, topic.to_owned()),
         }
@@ -882,7 +882,7 @@ impl Conn {
                 pkid: s.pkid,
                 codes,
             });
-            self.to_engine(Packet::Subscribe(
+            self.send_to_engine(Packet::Subscribe(
                 Subscribe {
                     pkid: s.pkid,
                     filters: general,
@@ -964,7 +964,7 @@ impl Conn {
                 pkid: u.pkid,
                 reasons,
             });
-            self.to_engine(Packet::Unsubscribe(
+            self.send_to_engine(Packet::Unsubscribe(
                 Unsubscribe {
                     pkid: u.pkid,
                     filters: general,
@@ -976,7 +976,7 @@ impl Conn {
     }
 
     /// Sends a packet to the engine, opening this connection's link on first use.
-    async fn to_engine(&mut self, packet: Packet) -> Result<(), Close> {
+    async fn send_to_engine(&mut self, packet: Packet) -> Result<(), Close> {
         if self.link.is_none() {
             let persistent = !self.session_ttl.is_zero();
             let link = self
@@ -1132,14 +1132,14 @@ impl Conn {
         if !saved.general_filters.is_empty() {
             // Reopening the link with clean_session = false makes rumqttd restore its side.
             self.general_filters = saved.general_filters.into_iter().collect();
-            if let Err(c) = self.to_engine_open().await {
+            if let Err(c) = self.open_engine_link().await {
                 warn!(?c, "could not restore the general-plane session");
             }
         }
         self.after_chat_subscribe(inbox, presence);
     }
 
-    async fn to_engine_open(&mut self) -> Result<(), Close> {
+    async fn open_engine_link(&mut self) -> Result<(), Close> {
         if self.link.is_none() {
             let link = self
                 .state

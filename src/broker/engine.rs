@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 /// A publish made by the broker itself: (publish with QoS 0 header, QoS wanted, properties).
 type SystemPublish = (Publish, u8, Option<PublishProperties>);
 
-type BuildLink = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx), LinkError> + Send + Sync + 'static;
+type BuildLink =
+    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx), Box<LinkError>> + Send + Sync + 'static;
 
 #[derive(Clone)]
 pub struct Engine {
@@ -59,7 +60,7 @@ impl GeneralLink {
 }
 
 impl Engine {
-    pub fn start(cfg: &EngineConfig) -> Result<Engine, LinkError> {
+    pub fn start(cfg: &EngineConfig) -> Result<Engine, Box<LinkError>> {
         let router_cfg = RouterConfig {
             max_connections: cfg.max_connections,
             max_outgoing_packet_count: cfg.max_outgoing_packet_count,
@@ -71,10 +72,11 @@ impl Engine {
         };
         let router_tx = Router::new(0, router_cfg).spawn();
         let build: Arc<BuildLink> = Arc::new(move |client_id: &str, clean: bool| {
-            let (tx, rx, _connack) = LinkBuilder::new(client_id, router_tx.clone())
+            LinkBuilder::new(client_id, router_tx.clone())
                 .clean_session(clean)
-                .build()?;
-            Ok((tx, rx))
+                .build()
+                .map(|(tx, rx, _connack)| (tx, rx))
+                .map_err(Box::new)
         });
 
         // The system link publishes on the broker's behalf (wills).
@@ -83,19 +85,19 @@ impl Engine {
         std::thread::Builder::new()
             .name("chatmq-system-link".into())
             .spawn(move || system_link(tx, rx, &mut queue))
-            .map_err(|_| LinkError::NotConnectionAck)?;
+            .map_err(|_| Box::new(LinkError::NotConnectionAck))?;
         Ok(Engine { build, system })
     }
 
     /// Opens a link for `client_id` (the namespaced id, made router-safe here).
     /// Runs the router handshake on a blocking thread: `LinkBuilder::build` waits on a
     /// synchronous channel.
-    pub async fn open(&self, client_id: &str, clean: bool) -> Result<GeneralLink, LinkError> {
+    pub async fn open(&self, client_id: &str, clean: bool) -> Result<GeneralLink, Box<LinkError>> {
         let build = self.build.clone();
         let id = router_client_id(client_id);
         let (tx, mut rx) = tokio::task::spawn_blocking(move || build(&id, clean))
             .await
-            .map_err(|_| LinkError::NotConnectionAck)??;
+            .map_err(|_| Box::new(LinkError::NotConnectionAck))??;
         let (events_tx, events) = mpsc::channel(256);
         let pump = tokio::spawn(async move {
             loop {

@@ -131,6 +131,8 @@ fn tls_acceptor(
 
 /// Upgrades to WebSocket on `path` (subprotocol `mqtt`), then bridges binary frames to the
 /// connection task through an in-memory pipe.
+// The handshake callback's error type is tungstenite's, large by design.
+#[allow(clippy::result_large_err)]
 async fn websocket(stream: TcpStream, peer: SocketAddr, state: Arc<BrokerState>, path: &str) {
     let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != path {

@@ -1599,17 +1599,9 @@ mod tests {
 
         hold.await.expect("task").expect("hold");
         let seq1 = good1.await.expect("task").expect("append").message().seq;
-        let err = bad
-            .await
-            .expect("task")
-            .err()
-            .expect("constraint violation");
+        let err = bad.await.expect("task").expect_err("constraint violation");
         assert_eq!(err.kind, StoreErrorKind::Conflict);
-        let err = panicking
-            .await
-            .expect("task")
-            .err()
-            .expect("panic reported");
+        let err = panicking.await.expect("task").expect_err("panic reported");
         assert_eq!(err.kind, StoreErrorKind::Internal);
         let seq2 = good2.await.expect("task").expect("append").message().seq;
         assert_eq!((seq1, seq2), (1, 2));
