@@ -524,6 +524,13 @@ mod tests {
     }
 
     #[test]
+    fn shipped_conformance_example_is_valid() {
+        let c = load(include_str!("../examples/conformance.toml"), &[]).expect("valid");
+        assert!(c.auth.allow_anonymous);
+        assert_eq!(c.acl.len(), 2);
+    }
+
+    #[test]
     fn shipped_broker_toml_is_valid() {
         let text = include_str!("../broker.toml");
         load(text, &[]).expect("broker.toml must be valid as shipped");
