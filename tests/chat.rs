@@ -32,14 +32,6 @@ impl User {
         }
     }
 
-    /// Connects without subscribing to the inbox (offline delivery starts on subscribe).
-    async fn connect_quiet(b: &Broker, name: &str, device: &str) -> User {
-        User {
-            name: name.to_owned(),
-            c: v4_user(b.port, b, name, device).await,
-        }
-    }
-
     async fn publish(&self, kind: &str, v: &Value) {
         let topic = format!("chat/u/{}/out/{kind}", self.name);
         self.c
