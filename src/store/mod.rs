@@ -16,6 +16,8 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+#[doc(hidden)]
+pub mod contract;
 pub mod sqlite;
 
 /// A conversation id: `d:{a}:{b}` (a < b) for a DM, `g:{gid}` for a group.
@@ -383,7 +385,10 @@ mod tests {
 
     #[test]
     fn direct_conv_is_order_independent() {
-        assert_eq!(ConvId::direct("bob", "alice"), ConvId::direct("alice", "bob"));
+        assert_eq!(
+            ConvId::direct("bob", "alice"),
+            ConvId::direct("alice", "bob")
+        );
         assert_eq!(ConvId::direct("alice", "bob").as_str(), "d:alice:bob");
     }
 
