@@ -224,7 +224,7 @@ pub async fn append_assigns_dense_seq_per_conv(store: Arc<dyn Store>) {
 
     let gid = unique("g");
     store
-        .create_group(&gid, "team", &a, &[b.clone()], 1, 100)
+        .create_group(&gid, "team", &a, std::slice::from_ref(&b), 1, 100)
         .await
         .expect("create_group");
     let g = ConvId::group(&gid);
@@ -565,7 +565,7 @@ pub async fn pending_for_dm_recipient_only(store: Arc<dyn Store>) {
     // Group messages are caught up through history, never queued per member.
     let gid = unique("g");
     store
-        .create_group(&gid, "g", &a, &[b.clone()], 1, 10)
+        .create_group(&gid, "g", &a, std::slice::from_ref(&b), 1, 10)
         .await
         .expect("create_group");
     send(&store, &ConvId::group(&gid), &a, 11).await;
@@ -762,15 +762,15 @@ pub async fn conversations_by_last_activity(store: Arc<dyn Store>) {
     );
     let (quiet, chatty, foreign) = (unique("quiet"), unique("chatty"), unique("foreign"));
     store
-        .create_group(&quiet, "Quiet", &p1, &[me.clone()], 1_500, 10)
+        .create_group(&quiet, "Quiet", &p1, std::slice::from_ref(&me), 1_500, 10)
         .await
         .expect("create_group");
     store
-        .create_group(&chatty, "Chatty", &me, &[p2.clone()], 100, 10)
+        .create_group(&chatty, "Chatty", &me, std::slice::from_ref(&p2), 100, 10)
         .await
         .expect("create_group");
     store
-        .create_group(&foreign, "Not mine", &x, &[p1.clone()], 100, 10)
+        .create_group(&foreign, "Not mine", &x, std::slice::from_ref(&p1), 100, 10)
         .await
         .expect("create_group");
 
@@ -859,7 +859,7 @@ pub async fn conversations_by_last_activity(store: Arc<dyn Store>) {
     // New activity moves a conversation to the top; leaving a group drops it.
     send(&store, &d1, &me, 4_000).await;
     store
-        .remove_members(&chatty, &[me.clone()])
+        .remove_members(&chatty, std::slice::from_ref(&me))
         .await
         .expect("remove_members");
     assert_eq!(

@@ -1457,6 +1457,111 @@ mod tests {
         assert_eq!(store.last_seq(&conv).await.expect("last_seq"), 4);
     }
 
+    const KILL_CHILD_ENV: &str = "CHATMQ_TEST_SQLITE_KILL_CHILD";
+
+    /// The durability promise end to end: a process appends as fast as it can and is
+    /// SIGKILLed mid-stream; every append it had been answered `Ok` for must be there after
+    /// reopening. The test binary re-runs itself as the child.
+    #[test]
+    fn acknowledged_writes_survive_sigkill() {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+
+        if let Ok(path) = std::env::var(KILL_CHILD_ENV) {
+            return sigkill_child(PathBuf::from(path));
+        }
+        let dir = TempDir::new().expect("temp dir");
+        let cfg = config(&dir);
+        let exe = std::env::current_exe().expect("test binary");
+        let mut child = Command::new(exe)
+            .args([
+                "--exact",
+                "store::sqlite::tests::acknowledged_writes_survive_sigkill",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(KILL_CHILD_ENV, &cfg.path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("child stdout");
+        let mut acked = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("read child");
+            if let Some(rest) = line.strip_prefix("acked ") {
+                let mut parts = rest.split(' ');
+                let seq: u64 = parts.next().and_then(|s| s.parse().ok()).expect("seq");
+                let id: u64 = parts.next().and_then(|s| s.parse().ok()).expect("id");
+                acked.push((seq, id));
+                if acked.len() == 300 {
+                    break;
+                }
+            }
+        }
+        child.kill().expect("SIGKILL child"); // SIGKILL on Unix: no destructor, no flush runs
+        let _ = child.wait();
+        assert_eq!(acked.len(), 300, "child stopped early");
+
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let store = SqliteStore::open(&cfg).expect("reopen after kill");
+            let conv = ConvId::group("kill");
+            let last = store.last_seq(&conv).await.expect("last_seq");
+            for (seq, id) in &acked {
+                let m = store.message(&conv, *seq).await.expect("message");
+                assert_eq!(m.map(|m| m.id), Some(*id), "acked seq {seq} lost");
+                assert!(*seq <= last);
+            }
+            // Whatever else was committed is dense too.
+            let page = store
+                .history(&conv, PageDir::After(0), 100_000)
+                .await
+                .expect("history");
+            assert_eq!(seqs_of(&page.messages), (1..=last).collect::<Vec<u64>>());
+        });
+    }
+
+    fn seqs_of(messages: &[StoredMessage]) -> Vec<u64> {
+        messages.iter().map(|m| m.seq).collect()
+    }
+
+    fn sigkill_child(path: PathBuf) {
+        use std::io::Write;
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let cfg = SqliteConfig {
+                path,
+                ..SqliteConfig::default()
+            };
+            let store = Arc::new(SqliteStore::open(&cfg).expect("open"));
+            let conv = ConvId::group("kill");
+            let mut tasks = Vec::new();
+            for _ in 0..8 {
+                let (store, conv) = (store.clone(), conv.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let Ok(done) = store.append_message(message(&conv, "alice")).await else {
+                            return;
+                        };
+                        let m = done.message();
+                        // Straight to the pipe (not the test harness's capture), after the ack.
+                        let mut out = std::io::stdout().lock();
+                        if writeln!(out, "acked {} {}", m.seq, m.id)
+                            .and_then(|()| out.flush())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    }
+
     #[test]
     fn schema_version_recorded_and_newer_refused() {
         let dir = TempDir::new().expect("temp dir");
@@ -1599,17 +1704,9 @@ mod tests {
 
         hold.await.expect("task").expect("hold");
         let seq1 = good1.await.expect("task").expect("append").message().seq;
-        let err = bad
-            .await
-            .expect("task")
-            .err()
-            .expect("constraint violation");
+        let err = bad.await.expect("task").expect_err("constraint violation");
         assert_eq!(err.kind, StoreErrorKind::Conflict);
-        let err = panicking
-            .await
-            .expect("task")
-            .err()
-            .expect("panic reported");
+        let err = panicking.await.expect("task").expect_err("panic reported");
         assert_eq!(err.kind, StoreErrorKind::Internal);
         let seq2 = good2.await.expect("task").expect("append").message().seq;
         assert_eq!((seq1, seq2), (1, 2));
