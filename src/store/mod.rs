@@ -288,9 +288,12 @@ pub trait Store: Send + Sync + 'static {
     /// its conversation (starting at 1). For a DM it also records a pending delivery for the
     /// recipient (not for the sender) and moves both participants' conversation index; for a
     /// group it moves the group's last activity. Durable (committed) before it returns.
+    /// Dedup is scoped by sender, not by conversation: the same `(from, cid)` sent to another
+    /// conversation still answers `Duplicate` with the original.
     async fn append_message(&self, msg: NewMessage) -> StoreResult<Appended>;
 
-    /// A page of a conversation's history (ascending seq), at most `limit` messages.
+    /// A page of a conversation's history (ascending seq), at most `limit` messages. With
+    /// `limit` 0 the page is empty and `has_more` still tells whether any message lies that way.
     async fn history(&self, conv: &ConvId, dir: PageDir, limit: u32) -> StoreResult<HistoryPage>;
 
     /// One message by conversation and seq.
@@ -305,7 +308,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves `user`'s `kind` cursor in `conv` forward to `up_to` (never backwards). A
     /// `delivered` cursor also clears `user`'s pending deliveries in `conv` with seq ≤ `up_to`.
-    /// A `read` cursor implies `delivered` up to the same seq.
+    /// A `read` cursor implies `delivered` up to the same seq. An `up_to` beyond the
+    /// conversation's last seq is clamped to it, so a marker never covers a message not yet
+    /// sent. `value` is the cursor of `kind` afterwards.
     async fn set_cursor(
         &self,
         user: &str,
@@ -321,7 +326,7 @@ pub trait Store: Send + Sync + 'static {
     async fn last_seq(&self, conv: &ConvId) -> StoreResult<u64>;
 
     /// `user`'s conversations (DMs and groups they are a member of), most recent activity
-    /// first, with `last_ts < before` when given, at most `limit`.
+    /// first (ties by conv id), with `last_ts < before` when given, at most `limit`.
     async fn conversations(
         &self,
         user: &str,
@@ -329,7 +334,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<ConversationSummary>>;
 
-    /// Creates a group with `creator` as its admin and member, plus `members`.
+    /// Creates a group with `creator` as its admin and member, plus `members` (duplicates and
+    /// the creator among them count once).
     /// `Conflict` when the gid exists; `LimitExceeded` when more than `max_members`.
     async fn create_group(
         &self,
@@ -344,7 +350,8 @@ pub trait Store: Send + Sync + 'static {
     async fn group(&self, gid: &str) -> StoreResult<Option<GroupInfo>>;
 
     /// Adds members; `LimitExceeded` (and nothing added) when the group would exceed
-    /// `max_members`. `NotFound` for an unknown group.
+    /// `max_members`. `NotFound` for an unknown group. `changed` lists the users actually
+    /// added, in the order given; existing members are skipped.
     async fn add_members(
         &self,
         gid: &str,
@@ -353,15 +360,18 @@ pub trait Store: Send + Sync + 'static {
         max_members: u64,
     ) -> StoreResult<MembershipChange>;
 
-    /// Removes members (and their admin role). `NotFound` for an unknown group.
+    /// Removes members (and their admin role). `NotFound` for an unknown group. `changed`
+    /// lists the users who were members. A group left empty still exists.
     async fn remove_members(&self, gid: &str, users: &[String]) -> StoreResult<MembershipChange>;
 
-    /// Grants or revokes admin. The user must be a member.
+    /// Grants or revokes admin (idempotent). `NotFound` for an unknown group or a user who is
+    /// not a member.
     async fn set_admin(&self, gid: &str, user: &str, admin: bool) -> StoreResult<()>;
 
+    /// False for an unknown group.
     async fn is_member(&self, gid: &str, user: &str) -> StoreResult<bool>;
 
-    /// All members of a group, in no particular order.
+    /// All members of a group, in no particular order. `NotFound` for an unknown group.
     async fn members(&self, gid: &str) -> StoreResult<Vec<String>>;
 
     /// Gids of the groups `user` belongs to.
@@ -369,13 +379,15 @@ pub trait Store: Send + Sync + 'static {
 
     async fn set_profile(&self, user: &str, update: ProfileUpdate) -> StoreResult<Profile>;
 
-    /// Profiles of the given users; users never seen get a default profile.
+    /// Profiles of the given users, one per entry in the order asked; users never seen get a
+    /// default profile (with `user` set).
     async fn profiles(&self, users: &[String]) -> StoreResult<Vec<Profile>>;
 
     /// Records user activity at `ts` (only ever moves forward).
     async fn touch_last_seen(&self, user: &str, ts: i64) -> StoreResult<()>;
 
     /// Makes everything written so far durable and releases resources (graceful shutdown).
+    /// Afterwards every other call fails with `Unavailable`; a second `flush` is a no-op.
     async fn flush(&self) -> StoreResult<()>;
 }
 
