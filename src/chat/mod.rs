@@ -290,9 +290,9 @@ impl ChatService {
 
     async fn typing(&self, client: &Client, payload: &[u8]) {
         let me = client.user.as_str();
-        let req = match decode_typing(payload, &self.limits) {
-            Ok(r) => r,
-            Err(e) => return self.ack_error(me, None, e),
+        // Typing is fire-and-forget (QoS 0): a bad indicator is dropped without an answer.
+        let Ok(req) = decode_typing(payload, &self.limits) else {
+            return;
         };
         if !self.typing.allow(me) {
             // Typing is best effort: over the limit it is dropped without an answer.
@@ -402,6 +402,7 @@ impl ChatService {
                 for u in &everyone {
                     self.to_user(u, InKind::Event, &ev);
                 }
+                self.to_group(&gid, GroupKind::Event, &ev, 1);
                 Ok(RpcResult::Group(GroupInfoOut::from_info(
                     info,
                     Some(everyone),
