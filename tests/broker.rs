@@ -158,19 +158,7 @@ async fn acl_table_both_sides_v4() {
         .await
         .expect("sub");
     v4_suback(&mut bob).await;
-    let filters = [
-        ("chat/u/alice/in/#", true),
-        ("chat/u/bob/in/#", false),
-        ("chat/u/+/in/#", false),
-        ("#", false),
-        ("chat/p/bob", true),
-        ("chat/p/+", false),
-        ("chat/g/nogroup/#", false),
-        ("iot/alice/#", true),
-        ("iot/bob/#", false),
-        ("test/nosubscribe", false),
-        ("$share/g/iot/alice/jobs", true),
-    ];
+    let filters = SUBSCRIBE_TABLE;
     for (f, ok) in filters {
         alice
             .client
@@ -210,41 +198,108 @@ async fn acl_table_both_sides_v4() {
     b.stop().await;
 }
 
+const SUBSCRIBE_TABLE: [(&str, bool); 11] = [
+    ("chat/u/alice/in/#", true),
+    ("chat/u/bob/in/#", false),
+    ("chat/u/+/in/#", false),
+    ("#", false),
+    ("chat/p/bob", true),
+    ("chat/p/+", false),
+    ("chat/g/nogroup/#", false),
+    ("iot/alice/#", true),
+    ("iot/bob/#", false),
+    ("test/nosubscribe", false),
+    ("$share/g/iot/alice/jobs", true),
+];
+
+const DENIED_PUBLISH: [&str; 6] = [
+    "chat/u/bob/in/msg",
+    "chat/u/bob/out/send",
+    "chat/g/x/msg",
+    "chat/p/bob",
+    "iot/bob/x",
+    "nowhere",
+];
+
 #[tokio::test]
 async fn acl_table_v5_reason_codes() {
+    use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as S5;
     use rumqttc::v5::mqttbytes::QoS as Q5;
     let b = Broker::start().await;
     let mut alice = v5_user(b.port, &b, "alice", "a5").await;
-    alice
-        .client
-        .subscribe("chat/u/bob/in/#", Q5::AtLeastOnce)
+    let mut bob = v4_user(b.port, &b, "bob", "b").await;
+    bob.client
+        .subscribe("chat/u/bob/in/#", QoS::AtLeastOnce)
         .await
         .expect("sub");
-    let got = wait_for(&mut alice.rx, 5, |g| {
-        matches!(g, Got::Packet(P5::SubAck(_)))
-    })
-    .await;
-    assert!(format!("{got:?}").contains("NotAuthorized"), "{got:?}");
+    v4_suback(&mut bob).await;
+    for (f, ok) in SUBSCRIBE_TABLE {
+        alice
+            .client
+            .subscribe(f, Q5::AtLeastOnce)
+            .await
+            .expect("sub");
+        let got = wait_for(&mut alice.rx, 5, |g| {
+            matches!(g, Got::Packet(P5::SubAck(_)))
+        })
+        .await;
+        let codes = match got {
+            Some(Got::Packet(P5::SubAck(s))) => s.return_codes,
+            other => panic!("no SUBACK for {f}: {other:?}"),
+        };
+        let want = if ok {
+            matches!(codes[..], [S5::Success(_)])
+        } else {
+            matches!(codes[..], [S5::NotAuthorized])
+        };
+        assert!(want, "{f}: {codes:?}");
+    }
+    // A mixed SUBSCRIBE: allowed filters succeed, the denied one fails, in order.
     alice
         .client
-        .subscribe("chat/u/alice/in/#", Q5::AtLeastOnce)
+        .subscribe_many(vec![
+            rumqttc::v5::mqttbytes::v5::Filter::new("chat/u/alice/in/ack", Q5::AtLeastOnce),
+            rumqttc::v5::mqttbytes::v5::Filter::new("chat/u/bob/in/ack", Q5::AtLeastOnce),
+            rumqttc::v5::mqttbytes::v5::Filter::new("iot/alice/y", Q5::AtLeastOnce),
+        ])
         .await
         .expect("sub");
-    let got = wait_for(&mut alice.rx, 5, |g| {
+    match wait_for(&mut alice.rx, 5, |g| {
         matches!(g, Got::Packet(P5::SubAck(_)))
     })
-    .await;
-    assert!(format!("{got:?}").contains("Success"), "{got:?}");
-    alice
-        .client
-        .publish("chat/u/bob/in/msg", Q5::AtLeastOnce, false, b"x".to_vec())
-        .await
-        .expect("pub");
-    let got = wait_for(&mut alice.rx, 5, |g| {
-        matches!(g, Got::Packet(P5::PubAck(_)))
-    })
-    .await;
-    assert!(format!("{got:?}").contains("NotAuthorized"), "{got:?}");
+    .await
+    {
+        Some(Got::Packet(P5::SubAck(s))) => assert!(
+            matches!(
+                s.return_codes[..],
+                [S5::Success(_), S5::NotAuthorized, S5::Success(_)]
+            ),
+            "{:?}",
+            s.return_codes
+        ),
+        other => panic!("{other:?}"),
+    }
+    for topic in DENIED_PUBLISH {
+        alice
+            .client
+            .publish(topic, Q5::AtLeastOnce, false, b"x".to_vec())
+            .await
+            .expect("pub");
+        let got = wait_for(&mut alice.rx, 5, |g| {
+            matches!(g, Got::Packet(P5::PubAck(_)))
+        })
+        .await;
+        assert!(
+            format!("{got:?}").contains("NotAuthorized"),
+            "{topic}: {got:?}"
+        );
+    }
+    assert!(
+        v4_publish_on(&mut bob, "chat/u/bob/in/msg", 1)
+            .await
+            .is_none(),
+        "nothing denied reaches a subscriber"
+    );
     b.stop().await;
 }
 
