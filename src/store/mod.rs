@@ -16,6 +16,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod scylla;
 pub mod sqlite;
 
 /// A conversation id: `d:{a}:{b}` (a < b) for a DM, `g:{gid}` for a group.
@@ -411,6 +412,7 @@ mod tests {
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StoreConfig {
     Sqlite(sqlite::SqliteConfig),
+    Scylla(scylla::ScyllaConfig),
 }
 
 impl Default for StoreConfig {
