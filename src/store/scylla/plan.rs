@@ -13,9 +13,9 @@ pub fn bucket_of(seq: u64, bucket_size: u64) -> u64 {
 /// The highest seq that belongs to `bucket`.
 pub fn bucket_last_seq(bucket: u64, bucket_size: u64) -> u64 {
     bucket
-        .saturating_add(1)
-        .saturating_mul(bucket_size)
-        .saturating_sub(1)
+        .checked_add(1)
+        .and_then(|b| b.checked_mul(bucket_size))
+        .map_or(u64::MAX, |end| end - 1)
 }
 
 /// One range read inside one partition, bounds inclusive.

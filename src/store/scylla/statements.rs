@@ -242,8 +242,11 @@ mod tests {
             let mut partition_key = Vec::new();
             for item in split_top_level(&rest[open + 1..close]) {
                 if let Some(pk) = item.strip_prefix("PRIMARY KEY") {
-                    let pk = pk.trim().trim_start_matches('(');
-                    let pk = pk.strip_suffix(')').unwrap_or(pk).trim();
+                    let pk = pk.trim();
+                    let pk = pk
+                        .strip_prefix('(')
+                        .and_then(|p| p.strip_suffix(')'))
+                        .unwrap_or_else(|| panic!("{name}: PRIMARY KEY (...) expected"));
                     let first = split_top_level(pk).into_iter().next().expect("partition key");
                     partition_key = first
                         .trim_matches(|c| c == '(' || c == ')')
