@@ -375,6 +375,33 @@ mod tests {
     }
 
     #[test]
+    fn chosen_by_the_store_section_tag() {
+        #[derive(Deserialize)]
+        struct File {
+            store: crate::store::StoreConfig,
+        }
+        let f: File = toml::from_str(
+            r#"
+            [store]
+            backend = "scylla"
+            nodes = ["127.0.0.1:9042"]
+            keyspace = "chatmq_dev"
+            [store.replication]
+            class = "SimpleStrategy"
+            replication_factor = 1
+            "#,
+        )
+        .expect("parses");
+        match f.store {
+            crate::store::StoreConfig::Scylla(c) => {
+                assert_eq!(c.keyspace, "chatmq_dev");
+                assert_eq!(c.validate(), Ok(()));
+            }
+            other => panic!("expected scylla, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn quorum_levels() {
         assert!(ConsistencyLevel::LocalQuorum.is_quorum_or_stronger());
         assert!(!ConsistencyLevel::One.is_quorum_or_stronger());

@@ -2,8 +2,8 @@
 
 use crate::store::{StoreError, StoreErrorKind};
 use scylla::errors::{
-    DbError, ExecutionError, NewSessionError, PagerExecutionError,
-    PrepareError, RequestAttemptError,
+    DbError, ExecutionError, NewSessionError, PagerExecutionError, PrepareError,
+    RequestAttemptError,
 };
 
 /// What a server-side error means to the chat layer.
@@ -155,7 +155,10 @@ mod tests {
             alive: 1,
         };
         assert_eq!(kind_of_db_error(&db), StoreErrorKind::Unavailable);
-        assert_eq!(kind_of_db_error(&DbError::Overloaded), StoreErrorKind::Unavailable);
+        assert_eq!(
+            kind_of_db_error(&DbError::Overloaded),
+            StoreErrorKind::Unavailable
+        );
         assert_eq!(
             kind_of_execution_error(&ExecutionError::EmptyPlan),
             StoreErrorKind::Unavailable
@@ -168,9 +171,18 @@ mod tests {
 
     #[test]
     fn schema_and_syntax_errors_are_internal() {
-        assert_eq!(kind_of_db_error(&DbError::SyntaxError), StoreErrorKind::Internal);
-        assert_eq!(kind_of_db_error(&DbError::Invalid), StoreErrorKind::Internal);
-        assert_eq!(kind_of_db_error(&DbError::Unauthorized), StoreErrorKind::Internal);
+        assert_eq!(
+            kind_of_db_error(&DbError::SyntaxError),
+            StoreErrorKind::Internal
+        );
+        assert_eq!(
+            kind_of_db_error(&DbError::Invalid),
+            StoreErrorKind::Internal
+        );
+        assert_eq!(
+            kind_of_db_error(&DbError::Unauthorized),
+            StoreErrorKind::Internal
+        );
     }
 
     #[test]

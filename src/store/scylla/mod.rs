@@ -34,17 +34,15 @@ mod statements;
 pub use config::{ConsistencyLevel, Replication, ScyllaConfig, ScyllaTls};
 
 use crate::store::{
-    Appended, ConvId, ConvKind, ConversationSummary, CursorMove, Cursors, GroupInfo,
-    HistoryPage, MembershipChange, NewMessage, PageDir, Profile, ProfileUpdate, ReceiptKind,
-    Store, StoreError, StoreErrorKind, StoreResult, StoredMessage,
+    Appended, ConvId, ConvKind, ConversationSummary, CursorMove, Cursors, GroupInfo, HistoryPage,
+    MembershipChange, NewMessage, PageDir, Profile, ProfileUpdate, ReceiptKind, Store, StoreError,
+    StoreErrorKind, StoreResult, StoredMessage,
 };
 use async_trait::async_trait;
 use errors::Context;
 use futures_util::future::{try_join, try_join_all, BoxFuture};
 use futures_util::{StreamExt, TryStreamExt};
-use rows::{
-    counter_from_db, counter_to_db, id_to_db, Candidate, GroupRow, MessageRow, ProfileRow,
-};
+use rows::{counter_from_db, counter_to_db, id_to_db, Candidate, GroupRow, MessageRow, ProfileRow};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -61,6 +59,7 @@ use scylla::value::{CqlValue, Row};
 use seq::{ConvSeq, LockMap};
 use statements::Prepared;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,6 +85,8 @@ pub struct ScyllaStore {
     seqs: LockMap<ConvId, ConvSeq>,
     /// Serializes membership changes of one group in this process, so the size limit holds.
     group_locks: LockMap<String, ()>,
+    /// Set by `flush` (graceful shutdown): later calls are refused as `Unavailable`.
+    closed: AtomicBool,
 }
 
 impl ScyllaStore {
@@ -161,6 +162,7 @@ impl ScyllaStore {
             dedup_ttl: i32::try_from(cfg.dedup_ttl_secs).unwrap_or(i32::MAX),
             seqs: LockMap::new(SEQ_SLOTS),
             group_locks: LockMap::new(SEQ_SLOTS),
+            closed: AtomicBool::new(false),
         };
         store.check_schema_version().await?;
         Ok(store)
@@ -215,6 +217,16 @@ impl ScyllaStore {
         )
         .await
         .map(drop)
+    }
+
+    fn check_open(&self) -> StoreResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "the store is closed (shutting down)",
+            ));
+        }
+        Ok(())
     }
 
     // ---- statement helpers -------------------------------------------------------------
@@ -321,7 +333,11 @@ impl ScyllaStore {
     /// Reads a conversation's highest stored seq (see `seq` for why this is exact).
     async fn seed_last_seq(&self, conv: &ConvId) -> StoreResult<u64> {
         let hint: Option<(Option<i64>, Option<i64>)> = self
-            .maybe_row(&self.st.SELECT_CONV_META, (conv.as_str(),), "seed seq: conv_meta")
+            .maybe_row(
+                &self.st.SELECT_CONV_META,
+                (conv.as_str(),),
+                "seed seq: conv_meta",
+            )
             .await?;
         let hint = counter_from_db(hint.and_then(|(s, _)| s).unwrap_or(0))?;
         let mut walk = plan::SeedWalk::new(hint, self.bucket_size);
@@ -394,7 +410,12 @@ impl ScyllaStore {
         try_join_all(writes).await.map(drop)
     }
 
-    async fn add_pending(&self, recipient: &str, m: &StoredMessage, replay: bool) -> StoreResult<()> {
+    async fn add_pending(
+        &self,
+        recipient: &str,
+        m: &StoredMessage,
+        replay: bool,
+    ) -> StoreResult<()> {
         if replay {
             // Do not queue again what the recipient already acknowledged.
             let cursors = self.cursors(recipient, &m.conv).await?;
@@ -435,8 +456,12 @@ impl ScyllaStore {
         }
         let deletes: Vec<(&str, i64)> = covered.iter().map(|&(_, id)| (user, id)).collect();
         // All in the partition of `user` in `pending`.
-        self.batch_in_partition(&self.st.DELETE_PENDING, &deletes, "set_cursor: clear pending")
-            .await?;
+        self.batch_in_partition(
+            &self.st.DELETE_PENDING,
+            &deletes,
+            "set_cursor: clear pending",
+        )
+        .await?;
         // Pending rows go first: if this range delete fails, a retry still finds them.
         self.write(
             &self.st.DELETE_PENDING_BY_CONV_UP_TO,
@@ -537,6 +562,7 @@ impl ScyllaStore {
 #[async_trait]
 impl Store for ScyllaStore {
     async fn append_message(&self, msg: NewMessage) -> StoreResult<Appended> {
+        self.check_open()?;
         let slot = self.seqs.slot(&msg.conv);
         let mut alloc = slot.lock().await;
         // Dedup under the conversation lock: a resend racing its original in the same
@@ -597,6 +623,7 @@ impl Store for ScyllaStore {
     }
 
     async fn history(&self, conv: &ConvId, dir: PageDir, limit: u32) -> StoreResult<HistoryPage> {
+        self.check_open()?;
         let last = self.current_last_seq(conv).await?;
         let plan = plan::plan_page(last, dir, limit, self.bucket_size);
         let mut reads = Vec::with_capacity(plan.ranges.len());
@@ -627,6 +654,7 @@ impl Store for ScyllaStore {
     }
 
     async fn message(&self, conv: &ConvId, seq: u64) -> StoreResult<Option<StoredMessage>> {
+        self.check_open()?;
         let Ok(seq_db) = i64::try_from(seq) else {
             return Ok(None);
         };
@@ -645,6 +673,7 @@ impl Store for ScyllaStore {
     }
 
     async fn pending(&self, user: &str, after: u64, limit: u32) -> StoreResult<Vec<StoredMessage>> {
+        self.check_open()?;
         // Ids at or above 2^63 are not Snowflake ids: nothing can follow them.
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
@@ -667,6 +696,7 @@ impl Store for ScyllaStore {
     }
 
     async fn pending_count(&self, user: &str) -> StoreResult<u64> {
+        self.check_open()?;
         let n: Option<(i64,)> = self
             .maybe_row(&self.st.COUNT_PENDING, (user,), "pending count")
             .await?;
@@ -680,6 +710,10 @@ impl Store for ScyllaStore {
         kind: ReceiptKind,
         up_to: u64,
     ) -> StoreResult<CursorMove> {
+        self.check_open()?;
+        // Nothing beyond the last message can be acknowledged: a marker ahead of it would
+        // silently mark messages sent later as delivered/read.
+        let up_to = up_to.min(self.current_last_seq(conv).await?);
         let current = self.cursors(user, conv).await?;
         let before = match kind {
             ReceiptKind::Delivered => current.delivered_up_to,
@@ -721,13 +755,19 @@ impl Store for ScyllaStore {
     }
 
     async fn cursors(&self, user: &str, conv: &ConvId) -> StoreResult<Cursors> {
+        self.check_open()?;
         let row: Option<(Option<i64>, Option<i64>)> = self
-            .maybe_row(&self.st.SELECT_CURSORS, (user, conv.as_str()), "read cursors")
+            .maybe_row(
+                &self.st.SELECT_CURSORS,
+                (user, conv.as_str()),
+                "read cursors",
+            )
             .await?;
         rows::cursors_from_row(row)
     }
 
     async fn last_seq(&self, conv: &ConvId) -> StoreResult<u64> {
+        self.check_open()?;
         self.current_last_seq(conv).await
     }
 
@@ -737,6 +777,7 @@ impl Store for ScyllaStore {
         before: Option<i64>,
         limit: u32,
     ) -> StoreResult<Vec<ConversationSummary>> {
+        self.check_open()?;
         // A user's DMs come from their own partition; groups keep their activity in
         // conv_meta (fanning every group message out to 50,000 member indexes would not
         // scale), so they are merged in here. Listing is rare next to sending.
@@ -800,6 +841,7 @@ impl Store for ScyllaStore {
         ts: i64,
         max_members: u64,
     ) -> StoreResult<GroupInfo> {
+        self.check_open()?;
         let all = unique(std::iter::once(creator).chain(members.iter().map(String::as_str)));
         if all.len() as u64 > max_members {
             return Err(StoreError::new(
@@ -834,6 +876,7 @@ impl Store for ScyllaStore {
     }
 
     async fn group(&self, gid: &str) -> StoreResult<Option<GroupInfo>> {
+        self.check_open()?;
         let Some(row) = self.group_row(gid).await? else {
             return Ok(None);
         };
@@ -848,6 +891,7 @@ impl Store for ScyllaStore {
         ts: i64,
         max_members: u64,
     ) -> StoreResult<MembershipChange> {
+        self.check_open()?;
         let slot = self.group_locks.slot(&gid.to_owned());
         let _lock = slot.lock().await;
         if self.group_row(gid).await?.is_none() {
@@ -887,6 +931,7 @@ impl Store for ScyllaStore {
     }
 
     async fn remove_members(&self, gid: &str, users: &[String]) -> StoreResult<MembershipChange> {
+        self.check_open()?;
         let slot = self.group_locks.slot(&gid.to_owned());
         let _lock = slot.lock().await;
         if self.group_row(gid).await?.is_none() {
@@ -927,6 +972,7 @@ impl Store for ScyllaStore {
     }
 
     async fn set_admin(&self, gid: &str, user: &str, admin: bool) -> StoreResult<()> {
+        self.check_open()?;
         let slot = self.group_locks.slot(&gid.to_owned());
         let _lock = slot.lock().await;
         if self.group_row(gid).await?.is_none() {
@@ -947,6 +993,7 @@ impl Store for ScyllaStore {
     }
 
     async fn is_member(&self, gid: &str, user: &str) -> StoreResult<bool> {
+        self.check_open()?;
         let row: Option<(String,)> = self
             .maybe_row(&self.st.SELECT_MEMBER, (gid, user), "is member")
             .await?;
@@ -954,6 +1001,10 @@ impl Store for ScyllaStore {
     }
 
     async fn members(&self, gid: &str) -> StoreResult<Vec<String>> {
+        self.check_open()?;
+        if self.group_row(gid).await?.is_none() {
+            return Err(not_found_group(gid));
+        }
         let rows: Vec<(String,)> = self
             .all_rows(&self.st.SELECT_MEMBERS, (gid,), "members")
             .await?;
@@ -961,6 +1012,7 @@ impl Store for ScyllaStore {
     }
 
     async fn groups_of(&self, user: &str) -> StoreResult<Vec<String>> {
+        self.check_open()?;
         let indexed: Vec<(String,)> = self
             .all_rows(&self.st.SELECT_USER_GROUPS, (user,), "groups of user")
             .await?;
@@ -975,6 +1027,7 @@ impl Store for ScyllaStore {
     }
 
     async fn set_profile(&self, user: &str, update: ProfileUpdate) -> StoreResult<Profile> {
+        self.check_open()?;
         let text = |v: Option<String>| v.map(CqlValue::Text);
         let mut statements: Vec<&PreparedStatement> = Vec::new();
         let mut values: Vec<(Option<CqlValue>, &str)> = Vec::new();
@@ -1013,6 +1066,7 @@ impl Store for ScyllaStore {
     }
 
     async fn profiles(&self, users: &[String]) -> StoreResult<Vec<Profile>> {
+        self.check_open()?;
         try_join_all(users.iter().map(|user| async move {
             let (profile, last_seen) = try_join(
                 self.maybe_row::<ProfileRow>(&self.st.SELECT_PROFILE, (user,), "read profile"),
@@ -1033,6 +1087,7 @@ impl Store for ScyllaStore {
     }
 
     async fn touch_last_seen(&self, user: &str, ts: i64) -> StoreResult<()> {
+        self.check_open()?;
         // The write timestamp is the activity time: an older touch never wins.
         self.write(
             &self.st.TOUCH_LAST_SEEN,
@@ -1044,7 +1099,9 @@ impl Store for ScyllaStore {
 
     async fn flush(&self) -> StoreResult<()> {
         // Every write was awaited at the configured consistency before its method returned:
-        // nothing is buffered here.
+        // nothing is buffered, so flushing is closing. Calls already in flight finish; the
+        // session's connections close when the store is dropped.
+        self.closed.store(true, Ordering::Release);
         Ok(())
     }
 }

@@ -340,7 +340,11 @@ mod tests {
         assert_eq!(seed(200, 150, 100), (200, 2));
         for actual in 0..450 {
             for hint in [0, actual / 2, actual] {
-                assert_eq!(seed(actual, hint, 100).0, actual, "actual {actual} hint {hint}");
+                assert_eq!(
+                    seed(actual, hint, 100).0,
+                    actual,
+                    "actual {actual} hint {hint}"
+                );
             }
         }
     }

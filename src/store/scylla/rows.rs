@@ -11,16 +11,7 @@ use crate::store::{
 };
 
 /// `SELECT conv, seq, id, sender, ts, cid, body, reply_to FROM messages`.
-pub type MessageRow = (
-    String,
-    i64,
-    i64,
-    String,
-    i64,
-    String,
-    Vec<u8>,
-    Option<i64>,
-);
+pub type MessageRow = (String, i64, i64, String, i64, String, Vec<u8>, Option<i64>);
 
 /// Values of `INSERT_MESSAGE`, borrowed from the message.
 pub type MessageValues<'a> = (
@@ -45,12 +36,7 @@ pub type GroupRow = (
 );
 
 /// `SELECT display_name, avatar_url, status, hide_last_seen FROM profiles`.
-pub type ProfileRow = (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<bool>,
-);
+pub type ProfileRow = (Option<String>, Option<String>, Option<String>, Option<bool>);
 
 pub fn id_to_db(id: u64) -> i64 {
     id as i64
@@ -244,16 +230,7 @@ mod tests {
             counter_from_db(-1).expect_err("negative").kind,
             StoreErrorKind::Internal
         );
-        let mut row: MessageRow = (
-            "g:x".into(),
-            -3,
-            1,
-            "a".into(),
-            0,
-            "c".into(),
-            vec![],
-            None,
-        );
+        let mut row: MessageRow = ("g:x".into(), -3, 1, "a".into(), 0, "c".into(), vec![], None);
         assert!(message_from_row(row.clone()).is_err());
         row.1 = 3;
         assert!(message_from_row(row).is_ok());
@@ -316,7 +293,12 @@ mod tests {
 
     #[test]
     fn conversations_rank_by_activity_with_before_and_limit() {
-        let all = vec![cand("d:a:b", 10), cand("g:x", 30), cand("d:a:c", 20), cand("g:y", 20)];
+        let all = vec![
+            cand("d:a:b", 10),
+            cand("g:x", 30),
+            cand("d:a:c", 20),
+            cand("g:y", 20),
+        ];
         let ranked: Vec<_> = rank_conversations(all.clone(), None, 10)
             .into_iter()
             .map(|c| c.conv.0)

@@ -247,7 +247,10 @@ mod tests {
                         .strip_prefix('(')
                         .and_then(|p| p.strip_suffix(')'))
                         .unwrap_or_else(|| panic!("{name}: PRIMARY KEY (...) expected"));
-                    let first = split_top_level(pk).into_iter().next().expect("partition key");
+                    let first = split_top_level(pk)
+                        .into_iter()
+                        .next()
+                        .expect("partition key");
                     partition_key = first
                         .trim_matches(|c| c == '(' || c == ')')
                         .split(',')
