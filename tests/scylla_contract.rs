@@ -3,7 +3,7 @@
 //! (SimpleStrategy, RF 1) and drops it at the end of each test.
 //!
 //! Without the variable every test prints `skipped: CHATMQ_SCYLLA_NODES not set` and returns,
-//! so a green run without a node says so in its output (`cargo test -- --nocapture`).
+//! so a green run without a node says so in its output.
 //!
 //! ```sh
 //! docker run -d --name scylla -p 9042:9042 scylladb/scylla --smp 1 --developer-mode 1
@@ -15,6 +15,7 @@ use chatmq::store::{
     Appended, ConvId, NewMessage, PageDir, ProfileUpdate, ReceiptKind, Store, StoreErrorKind,
 };
 use rand::Rng;
+use std::io::Write;
 use std::sync::Arc;
 
 const NODES_VAR: &str = "CHATMQ_SCYLLA_NODES";
@@ -28,7 +29,9 @@ impl TestKeyspace {
     /// `None` (after saying so) when no node is configured.
     fn new(test: &str) -> Option<TestKeyspace> {
         let Ok(nodes) = std::env::var(NODES_VAR) else {
-            println!("skipped: {NODES_VAR} not set ({test})");
+            // Straight to the stderr handle: libtest captures `println!`/`eprintln!` of
+            // passing tests, and a skip must be visible in a plain `cargo test` run.
+            let _ = writeln!(std::io::stderr(), "skipped: {NODES_VAR} not set ({test})");
             return None;
         };
         let nodes: Vec<String> = nodes

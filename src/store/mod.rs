@@ -412,7 +412,7 @@ mod tests {
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StoreConfig {
     Sqlite(sqlite::SqliteConfig),
-    Scylla(scylla::ScyllaConfig),
+    Scylla(Box<scylla::ScyllaConfig>),
 }
 
 impl Default for StoreConfig {
