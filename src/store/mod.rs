@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 #[doc(hidden)]
 pub mod contract;
+pub mod scylla;
 pub mod sqlite;
 
 /// A conversation id: `d:{a}:{b}` (a < b) for a DM, `g:{gid}` for a group.
@@ -428,6 +429,7 @@ mod tests {
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StoreConfig {
     Sqlite(sqlite::SqliteConfig),
+    Scylla(Box<scylla::ScyllaConfig>),
 }
 
 impl StoreConfig {
@@ -442,6 +444,7 @@ impl StoreConfig {
                     .unwrap_or_else(|| "chatmq.db".into());
                 c.path = dir.join(name);
             }
+            StoreConfig::Scylla(_) => {}
         }
     }
 }
@@ -458,6 +461,7 @@ pub async fn open(cfg: &StoreConfig) -> StoreResult<std::sync::Arc<dyn Store>> {
                 })??;
             Ok(std::sync::Arc::new(store))
         }
+        StoreConfig::Scylla(c) => Ok(std::sync::Arc::new(scylla::ScyllaStore::connect(c).await?)),
     }
 }
 

@@ -1,0 +1,1214 @@
+//! The ScyllaDB backend: the same [`Store`] contract on a distributed database.
+//!
+//! # Layout
+//! - `config`: `[store] backend = "scylla"` settings and their validation.
+//! - `statements`: every CQL statement, prepared once; tested against `schema/scylla.cql`.
+//! - `plan`: bucket arithmetic, history page plans, the seq seeding walk (pure).
+//! - `rows`: row ↔ domain conversions (pure).
+//! - `seq`: per-conversation seq allocator and per-group locks; the density argument.
+//! - `errors`: driver errors → [`StoreErrorKind`]; driver types stop there.
+//!
+//! # How the contract maps onto a database without transactions
+//! - Every statement is prepared (so routing is token-aware) and runs in one execution
+//!   profile: the configured consistency (LOCAL_QUORUM by default), LOCAL_SERIAL for the one
+//!   LWT, a per-request timeout and the driver's default retry policy, which retries only
+//!   statements marked idempotent. Client-side monotonic timestamps order our own writes.
+//! - `append_message` awaits, in order: the message row and its dedup row (under the
+//!   conversation's allocator lock), then the bookkeeping (conversation activity, the DM
+//!   participants' index, the recipient's pending delivery). It returns — and the chat layer
+//!   acks — only when all of them are written. If the bookkeeping fails, the client's resend
+//!   (same cid) finds the dedup row and the duplicate path replays the bookkeeping, which is
+//!   idempotent, so everything converges without a transaction.
+//! - "Only moves forward" values (cursors, last seen, last activity) are written with
+//!   `USING TIMESTAMP <value>`: the cell with the highest value wins in every replica whatever
+//!   order writes arrive in, with no read-before-write and no LWT.
+//! - Batches are only used inside one partition (atomic and isolated there, and cheap).
+
+mod config;
+mod errors;
+mod plan;
+mod rows;
+mod seq;
+mod statements;
+
+pub use config::{ConsistencyLevel, Replication, ScyllaConfig, ScyllaTls};
+
+use crate::store::{
+    Appended, ConvId, ConvKind, ConversationSummary, CursorMove, Cursors, GroupInfo, HistoryPage,
+    MembershipChange, NewMessage, PageDir, Profile, ProfileUpdate, ReceiptKind, Store, StoreError,
+    StoreErrorKind, StoreResult, StoredMessage,
+};
+use async_trait::async_trait;
+use errors::Context;
+use futures_util::future::{try_join, try_join_all, BoxFuture};
+use futures_util::{StreamExt, TryStreamExt};
+use rows::{counter_from_db, counter_to_db, id_to_db, Candidate, GroupRow, MessageRow, ProfileRow};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::policies::retry::DefaultRetryPolicy;
+use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
+use seq::{ConvSeq, LockMap};
+use statements::Prepared;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Rows per single-partition batch: well under ScyllaDB's batch size warning threshold.
+const BATCH_ROWS: usize = 100;
+
+/// Values per `IN (...)` list.
+const IN_LIST_MAX: usize = 100;
+
+/// Writes to distinct partitions in flight at once (membership fan-out).
+const FANOUT_CONCURRENCY: usize = 32;
+
+/// Allocator slots kept for idle conversations before they are dropped (and re-seeded on
+/// next use).
+const SEQ_SLOTS: usize = 100_000;
+
+/// The ScyllaDB implementation of [`Store`].
+pub struct ScyllaStore {
+    session: Session,
+    st: Prepared,
+    bucket_size: u64,
+    dedup_ttl: i32,
+    seqs: LockMap<ConvId, ConvSeq>,
+    /// Serializes membership changes of one group in this process, so the size limit holds.
+    group_locks: LockMap<String, ()>,
+    /// Set by `flush` (graceful shutdown): later calls are refused as `Unavailable`.
+    closed: AtomicBool,
+}
+
+impl ScyllaStore {
+    /// Connects, creates the keyspace and applies `schema/scylla.cql` (idempotently),
+    /// records the schema version and prepares every statement.
+    pub async fn connect(cfg: &ScyllaConfig) -> StoreResult<ScyllaStore> {
+        cfg.validate()
+            .map_err(|e| StoreError::new(StoreErrorKind::Internal, e))?;
+        if !cfg.consistency.is_quorum_or_stronger() {
+            tracing::warn!(
+                consistency = ?cfg.consistency,
+                "ScyllaDB consistency below quorum: after a restart the seq allocator may not \
+                 see the latest messages on a multi-replica cluster"
+            );
+        }
+        let timeout = Duration::from_millis(cfg.request_timeout_ms);
+        let mut lb = DefaultPolicy::builder().token_aware(true);
+        if let Some(dc) = &cfg.local_datacenter {
+            lb = lb.prefer_datacenter(dc.clone()).permit_dc_failover(false);
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(driver_consistency(cfg.consistency))
+            .serial_consistency(Some(SerialConsistency::LocalSerial))
+            .request_timeout(Some(timeout))
+            .load_balancing_policy(lb.build())
+            .retry_policy(Arc::new(DefaultRetryPolicy::new()))
+            .build();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&cfg.nodes)
+            .connection_timeout(timeout)
+            .default_execution_profile_handle(profile.into_handle())
+            .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()));
+        if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
+            builder = builder.user(user, password);
+        }
+        if let Some(tls) = &cfg.tls {
+            builder = with_tls(builder, tls).await?;
+        }
+        let session = builder.build().await.ctx("connect to ScyllaDB")?;
+
+        // DDL is not on the data path: it runs unprepared, once, at startup.
+        let create_keyspace = format!(
+            "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {} AND durable_writes = true",
+            cfg.keyspace,
+            cfg.replication.to_cql()
+        );
+        session
+            .query_unpaged(create_keyspace, ())
+            .await
+            .ctx("create keyspace")?;
+        session
+            .use_keyspace(&cfg.keyspace, false)
+            .await
+            .ctx("use keyspace")?;
+        for stmt in statements::schema_statements() {
+            session
+                .query_unpaged(stmt.as_str(), ())
+                .await
+                .ctx("apply schema/scylla.cql")?;
+        }
+        session
+            .await_schema_agreement()
+            .await
+            .ctx("schema agreement")?;
+        let st = Prepared::prepare(&session)
+            .await
+            .ctx("prepare statements")?;
+        let store = ScyllaStore {
+            session,
+            st,
+            bucket_size: cfg.bucket_size,
+            // Validated to fit (at most 20 years).
+            dedup_ttl: i32::try_from(cfg.dedup_ttl_secs).unwrap_or(i32::MAX),
+            seqs: LockMap::new(SEQ_SLOTS),
+            group_locks: LockMap::new(SEQ_SLOTS),
+            closed: AtomicBool::new(false),
+        };
+        store.check_schema_version().await?;
+        Ok(store)
+    }
+
+    /// Refuses a keyspace written by a newer schema or with another bucket size (which would
+    /// make every existing message unreachable), and records ours.
+    async fn check_schema_version(&self) -> StoreResult<()> {
+        let found: Option<(Option<i32>, Option<i64>)> = self
+            .maybe_row(
+                &self.st.SELECT_SCHEMA_VERSION,
+                (statements::SCHEMA_COMPONENT,),
+                "read schema version",
+            )
+            .await?;
+        let bucket_size = counter_to_db(self.bucket_size)?;
+        if let Some((version, stored_bucket_size)) = found {
+            let version = version.unwrap_or(0);
+            if version > statements::SCHEMA_VERSION {
+                return Err(StoreError::new(
+                    StoreErrorKind::Internal,
+                    format!(
+                        "keyspace has schema version {version}, newer than this broker's {}",
+                        statements::SCHEMA_VERSION
+                    ),
+                ));
+            }
+            if let Some(stored) = stored_bucket_size {
+                if stored != bucket_size {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Internal,
+                        format!(
+                            "store.bucket_size = {bucket_size}, but the keyspace was written \
+                             with {stored}; it cannot change once messages exist"
+                        ),
+                    ));
+                }
+            }
+            if version == statements::SCHEMA_VERSION && stored_bucket_size.is_some() {
+                return Ok(());
+            }
+        }
+        self.exec(
+            &self.st.INSERT_SCHEMA_VERSION,
+            (
+                statements::SCHEMA_COMPONENT,
+                statements::SCHEMA_VERSION,
+                bucket_size,
+                now_ms(),
+            ),
+            "record schema version",
+        )
+        .await
+        .map(drop)
+    }
+
+    fn check_open(&self) -> StoreResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "the store is closed (shutting down)",
+            ));
+        }
+        Ok(())
+    }
+
+    // ---- statement helpers -------------------------------------------------------------
+
+    async fn exec(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+        what: &str,
+    ) -> StoreResult<QueryResult> {
+        self.session.execute_unpaged(st, values).await.ctx(what)
+    }
+
+    async fn write(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+        what: &str,
+    ) -> StoreResult<()> {
+        self.exec(st, values, what).await.map(drop)
+    }
+
+    async fn maybe_row<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+        what: &str,
+    ) -> StoreResult<Option<R>>
+    where
+        R: for<'f> DeserializeRow<'f, 'f>,
+    {
+        let rows = self
+            .exec(st, values, what)
+            .await?
+            .into_rows_result()
+            .ctx(what)?;
+        rows.maybe_first_row::<R>().ctx(what)
+    }
+
+    /// All rows of a bounded read (a page, an IN list, a LIMIT).
+    async fn rows<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+        what: &str,
+    ) -> StoreResult<Vec<R>>
+    where
+        R: for<'f> DeserializeRow<'f, 'f>,
+    {
+        let rows = self
+            .exec(st, values, what)
+            .await?
+            .into_rows_result()
+            .ctx(what)?;
+        rows.rows::<R>()
+            .ctx(what)?
+            .collect::<Result<Vec<R>, _>>()
+            .ctx(what)
+    }
+
+    /// All rows of a partition that may be large (members, a user's conversations), paged by
+    /// the driver.
+    async fn all_rows<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+        what: &str,
+    ) -> StoreResult<Vec<R>>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm> + Send + 'static,
+    {
+        self.session
+            .execute_iter(st.clone(), values)
+            .await
+            .ctx(what)?
+            .rows_stream::<R>()
+            .ctx(what)?
+            .try_collect::<Vec<R>>()
+            .await
+            .ctx(what)
+    }
+
+    /// Runs `st` once per value set, in unlogged batches. Every value set must address the
+    /// same partition: that is what makes the batch cheap, atomic and isolated.
+    async fn batch_in_partition<V: SerializeRow>(
+        &self,
+        st: &PreparedStatement,
+        values: &[V],
+        what: &str,
+    ) -> StoreResult<()> {
+        for chunk in values.chunks(BATCH_ROWS) {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            for _ in chunk {
+                batch.append_statement(st.clone());
+            }
+            batch.set_is_idempotent(st.get_is_idempotent());
+            self.session.batch(&batch, chunk).await.ctx(what)?;
+        }
+        Ok(())
+    }
+
+    // ---- seq allocation ------------------------------------------------------------------
+
+    /// Reads a conversation's highest stored seq (see `seq` for why this is exact).
+    async fn seed_last_seq(&self, conv: &ConvId) -> StoreResult<u64> {
+        let hint: Option<(Option<i64>, Option<i64>)> = self
+            .maybe_row(
+                &self.st.SELECT_CONV_META,
+                (conv.as_str(),),
+                "seed seq: conv_meta",
+            )
+            .await?;
+        let hint = counter_from_db(hint.and_then(|(s, _)| s).unwrap_or(0))?;
+        let mut walk = plan::SeedWalk::new(hint, self.bucket_size);
+        loop {
+            let max: Option<(i64,)> = self
+                .maybe_row(
+                    &self.st.SELECT_MAX_SEQ_IN_BUCKET,
+                    (conv.as_str(), counter_to_db(walk.bucket())?),
+                    "seed seq: probe bucket",
+                )
+                .await?;
+            let max = max.map(|(s,)| counter_from_db(s)).transpose()?;
+            if let Some(last) = walk.feed(max) {
+                return Ok(last);
+            }
+        }
+    }
+
+    /// The conversation's highest seq, from the allocator (seeding it if needed).
+    async fn current_last_seq(&self, conv: &ConvId) -> StoreResult<u64> {
+        let slot = self.seqs.slot(conv);
+        let mut alloc = slot.lock().await;
+        match alloc.last {
+            Some(last) => Ok(last),
+            None => {
+                let last = self.seed_last_seq(conv).await?;
+                alloc.last = Some(last);
+                Ok(last)
+            }
+        }
+    }
+
+    // ---- messages --------------------------------------------------------------------------
+
+    /// The original message of `(sender, cid)`, if its dedup row is live and still points at
+    /// it (a seq re-used after a failed write leaves a stale dedup row: see `seq`).
+    async fn find_duplicate(&self, sender: &str, cid: &str) -> StoreResult<Option<StoredMessage>> {
+        let hit: Option<(String, i64)> = self
+            .maybe_row(&self.st.SELECT_DEDUP, (sender, cid), "dedup lookup")
+            .await?;
+        let Some((conv, seq)) = hit else {
+            return Ok(None);
+        };
+        let original = self.message(&ConvId(conv), counter_from_db(seq)?).await?;
+        Ok(original.filter(|m| m.from == sender && m.cid == cid))
+    }
+
+    /// Everything an append records besides the message and dedup rows. Idempotent: the
+    /// duplicate path replays it (`replay`) to finish an append whose bookkeeping failed.
+    async fn record_side_effects(&self, m: &StoredMessage, replay: bool) -> StoreResult<()> {
+        let seq = counter_to_db(m.seq)?;
+        let conv = m.conv.as_str();
+        let mut writes: Vec<BoxFuture<'_, StoreResult<()>>> = vec![Box::pin(self.write(
+            &self.st.UPSERT_CONV_META,
+            (seq, seq, id_to_db(m.id), m.ts, conv),
+            "append_message: conv_meta",
+        ))];
+        if let Some(kind @ ConvKind::Direct { a, b }) = m.conv.kind() {
+            for user in [a, b] {
+                writes.push(Box::pin(self.write(
+                    &self.st.UPSERT_USER_CONV,
+                    (seq, seq, m.ts, user, conv),
+                    "append_message: user_convs",
+                )));
+            }
+            if let Some(recipient) = kind.peer_of(&m.from) {
+                writes.push(Box::pin(self.add_pending(recipient, m, replay)));
+            }
+        }
+        try_join_all(writes).await.map(drop)
+    }
+
+    async fn add_pending(
+        &self,
+        recipient: &str,
+        m: &StoredMessage,
+        replay: bool,
+    ) -> StoreResult<()> {
+        if replay {
+            // Do not queue again what the recipient already acknowledged.
+            let cursors = self.cursors(recipient, &m.conv).await?;
+            if cursors.delivered_up_to >= m.seq {
+                return Ok(());
+            }
+        }
+        let seq = counter_to_db(m.seq)?;
+        let id = id_to_db(m.id);
+        let conv = m.conv.as_str();
+        try_join(
+            self.write(
+                &self.st.INSERT_PENDING,
+                (recipient, id, conv, seq),
+                "append_message: pending",
+            ),
+            self.write(
+                &self.st.INSERT_PENDING_BY_CONV,
+                (recipient, conv, seq, id),
+                "append_message: pending_by_conv",
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Removes `user`'s pending deliveries in `conv` with seq ≤ `up_to`.
+    async fn clear_pending(&self, user: &str, conv: &ConvId, up_to: i64) -> StoreResult<()> {
+        let covered: Vec<(i64, i64)> = self
+            .all_rows(
+                &self.st.SELECT_PENDING_BY_CONV,
+                (user, conv.as_str(), up_to),
+                "set_cursor: covered pending",
+            )
+            .await?;
+        if covered.is_empty() {
+            return Ok(());
+        }
+        let deletes: Vec<(&str, i64)> = covered.iter().map(|&(_, id)| (user, id)).collect();
+        // All in the partition of `user` in `pending`.
+        self.batch_in_partition(
+            &self.st.DELETE_PENDING,
+            &deletes,
+            "set_cursor: clear pending",
+        )
+        .await?;
+        // Pending rows go first: if this range delete fails, a retry still finds them.
+        self.write(
+            &self.st.DELETE_PENDING_BY_CONV_UP_TO,
+            (user, conv.as_str(), up_to),
+            "set_cursor: clear pending_by_conv",
+        )
+        .await
+    }
+
+    // ---- groups ----------------------------------------------------------------------------
+
+    async fn group_row(&self, gid: &str) -> StoreResult<Option<GroupRow>> {
+        self.maybe_row(&self.st.SELECT_GROUP, (gid,), "read group")
+            .await
+    }
+
+    async fn member_count(&self, gid: &str) -> StoreResult<u64> {
+        let n: Option<(i64,)> = self
+            .maybe_row(&self.st.COUNT_MEMBERS, (gid,), "count members")
+            .await?;
+        counter_from_db(n.map_or(0, |(n,)| n))
+    }
+
+    /// Which of `users` are members of `gid`.
+    async fn members_among(&self, gid: &str, users: &[String]) -> StoreResult<HashSet<String>> {
+        let mut found = HashSet::new();
+        for chunk in users.chunks(IN_LIST_MAX) {
+            let rows: Vec<(String,)> = self
+                .rows(
+                    &self.st.SELECT_MEMBERS_IN,
+                    (gid, chunk.to_vec()),
+                    "read members",
+                )
+                .await?;
+            found.extend(rows.into_iter().map(|(u,)| u));
+        }
+        Ok(found)
+    }
+
+    /// Writes memberships: `group_members` (the authority) first, then each user's index.
+    async fn write_members(&self, gid: &str, users: &[String], ts: i64) -> StoreResult<()> {
+        let rows: Vec<(&str, &str, i64)> = users.iter().map(|u| (gid, u.as_str(), ts)).collect();
+        self.batch_in_partition(&self.st.INSERT_MEMBER, &rows, "write members")
+            .await?;
+        self.per_user_writes(&self.st.INSERT_USER_GROUP, users, gid, "write user_groups")
+            .await
+    }
+
+    /// Runs `st` with `(user, gid)` for each user: distinct partitions, so no batch, but a
+    /// bounded number in flight.
+    async fn per_user_writes(
+        &self,
+        st: &PreparedStatement,
+        users: &[String],
+        gid: &str,
+        what: &str,
+    ) -> StoreResult<()> {
+        let mut writes = Vec::with_capacity(users.len());
+        for user in users {
+            writes.push(self.write(st, (user.as_str(), gid), what));
+        }
+        futures_util::stream::iter(writes)
+            .buffer_unordered(FANOUT_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(drop)
+    }
+
+    async fn lwt_insert_group(
+        &self,
+        gid: &str,
+        name: &str,
+        creator: &str,
+        ts: i64,
+    ) -> StoreResult<bool> {
+        let what = "create group";
+        let rows = self
+            .exec(
+                &self.st.INSERT_GROUP_IF_NOT_EXISTS,
+                (gid, name, creator, ts, vec![creator]),
+                what,
+            )
+            .await?
+            .into_rows_result()
+            .ctx(what)?;
+        // The first column of an LWT result is `[applied]`.
+        let row: Row = rows.first_row().ctx(what)?;
+        match row.columns.first() {
+            Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+            other => Err(StoreError::new(
+                StoreErrorKind::Internal,
+                format!("create group: unexpected LWT result {other:?}"),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for ScyllaStore {
+    async fn append_message(&self, msg: NewMessage) -> StoreResult<Appended> {
+        self.check_open()?;
+        let slot = self.seqs.slot(&msg.conv);
+        let mut alloc = slot.lock().await;
+        // Dedup under the conversation lock: a resend racing its original in the same
+        // conversation waits for it and then finds its dedup row.
+        if let Some(original) = self.find_duplicate(&msg.from, &msg.cid).await? {
+            drop(alloc);
+            self.record_side_effects(&original, true).await?;
+            return Ok(Appended::Duplicate(original));
+        }
+        let last = match alloc.last {
+            Some(last) => last,
+            None => self.seed_last_seq(&msg.conv).await?,
+        };
+        let seq = last + 1;
+        let stored = StoredMessage {
+            id: msg.id,
+            conv: msg.conv,
+            seq,
+            from: msg.from,
+            ts: msg.ts,
+            cid: msg.cid,
+            body: msg.body,
+            reply_to: msg.reply_to,
+        };
+        let bucket = plan::bucket_of(seq, self.bucket_size);
+        let seq_db = counter_to_db(seq)?;
+        let written = try_join(
+            self.write(
+                &self.st.INSERT_MESSAGE,
+                rows::message_values(&stored, bucket)?,
+                "append_message: message",
+            ),
+            self.write(
+                &self.st.INSERT_DEDUP,
+                (
+                    stored.from.as_str(),
+                    stored.cid.as_str(),
+                    stored.conv.as_str(),
+                    seq_db,
+                    self.dedup_ttl,
+                ),
+                "append_message: dedup",
+            ),
+        )
+        .await;
+        match written {
+            Ok(_) => alloc.last = Some(seq),
+            Err(e) => {
+                // The row may or may not have landed: forget what we knew, re-seed next time.
+                alloc.last = None;
+                return Err(e);
+            }
+        }
+        // The seq is taken and durable; the rest need not hold up this conversation.
+        drop(alloc);
+        self.record_side_effects(&stored, false).await?;
+        Ok(Appended::Stored(stored))
+    }
+
+    async fn history(&self, conv: &ConvId, dir: PageDir, limit: u32) -> StoreResult<HistoryPage> {
+        self.check_open()?;
+        let last = self.current_last_seq(conv).await?;
+        let plan = plan::plan_page(last, dir, limit, self.bucket_size);
+        let mut reads = Vec::with_capacity(plan.ranges.len());
+        for r in &plan.ranges {
+            let values = (
+                conv.as_str(),
+                counter_to_db(r.bucket)?,
+                counter_to_db(r.lo)?,
+                counter_to_db(r.hi)?,
+            );
+            reads.push(self.rows::<MessageRow>(
+                &self.st.SELECT_MESSAGE_RANGE,
+                values,
+                "history: read bucket",
+            ));
+        }
+        let mut messages = Vec::new();
+        for rows in try_join_all(reads).await? {
+            for row in rows {
+                messages.push(rows::message_from_row(row)?);
+            }
+        }
+        messages.sort_by_key(|m| m.seq);
+        Ok(HistoryPage {
+            messages,
+            has_more: plan.has_more,
+        })
+    }
+
+    async fn message(&self, conv: &ConvId, seq: u64) -> StoreResult<Option<StoredMessage>> {
+        self.check_open()?;
+        let Ok(seq_db) = i64::try_from(seq) else {
+            return Ok(None);
+        };
+        if seq == 0 {
+            return Ok(None);
+        }
+        let bucket = counter_to_db(plan::bucket_of(seq, self.bucket_size))?;
+        let row: Option<MessageRow> = self
+            .maybe_row(
+                &self.st.SELECT_MESSAGE,
+                (conv.as_str(), bucket, seq_db),
+                "read message",
+            )
+            .await?;
+        row.map(rows::message_from_row).transpose()
+    }
+
+    async fn pending(&self, user: &str, after: u64, limit: u32) -> StoreResult<Vec<StoredMessage>> {
+        self.check_open()?;
+        // Ids at or above 2^63 are not Snowflake ids: nothing can follow them.
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
+        // CQL refuses LIMIT 0.
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let queued: Vec<(i64, String, i64)> = self
+            .rows(&self.st.SELECT_PENDING, (user, after, limit), "pending")
+            .await?;
+        let mut reads = Vec::with_capacity(queued.len());
+        for (_, conv, seq) in queued {
+            let seq = counter_from_db(seq)?;
+            reads.push(async move { self.message(&ConvId(conv), seq).await });
+        }
+        // A queue entry whose message is gone (expired by retention) is skipped.
+        Ok(try_join_all(reads).await?.into_iter().flatten().collect())
+    }
+
+    async fn pending_count(&self, user: &str) -> StoreResult<u64> {
+        self.check_open()?;
+        let n: Option<(i64,)> = self
+            .maybe_row(&self.st.COUNT_PENDING, (user,), "pending count")
+            .await?;
+        counter_from_db(n.map_or(0, |(n,)| n))
+    }
+
+    async fn set_cursor(
+        &self,
+        user: &str,
+        conv: &ConvId,
+        kind: ReceiptKind,
+        up_to: u64,
+    ) -> StoreResult<CursorMove> {
+        self.check_open()?;
+        // Nothing beyond the last message can be acknowledged: a marker ahead of it would
+        // silently mark messages sent later as delivered/read.
+        let up_to = up_to.min(self.current_last_seq(conv).await?);
+        let current = self.cursors(user, conv).await?;
+        let before = match kind {
+            ReceiptKind::Delivered => current.delivered_up_to,
+            ReceiptKind::Read => current.read_up_to,
+        };
+        let moved = up_to > before;
+        let up_to_db = counter_to_db(up_to)?;
+        if moved {
+            // The write timestamp is the marker itself: a concurrent smaller marker can never
+            // overwrite a larger one, whatever order they land in.
+            match kind {
+                ReceiptKind::Delivered => {
+                    self.write(
+                        &self.st.SET_DELIVERED,
+                        (up_to_db, up_to_db, user, conv.as_str()),
+                        "set_cursor: delivered",
+                    )
+                    .await?
+                }
+                ReceiptKind::Read => {
+                    self.write(
+                        &self.st.SET_READ,
+                        (up_to_db, up_to_db, up_to_db, user, conv.as_str()),
+                        "set_cursor: read",
+                    )
+                    .await?
+                }
+            }
+        }
+        // Both kinds cover deliveries up to `up_to`. Cleared even when the cursor did not
+        // move, so a receipt retried after a failed clear still clears.
+        if up_to > 0 {
+            self.clear_pending(user, conv, up_to_db).await?;
+        }
+        Ok(CursorMove {
+            moved,
+            value: before.max(up_to),
+        })
+    }
+
+    async fn cursors(&self, user: &str, conv: &ConvId) -> StoreResult<Cursors> {
+        self.check_open()?;
+        let row: Option<(Option<i64>, Option<i64>)> = self
+            .maybe_row(
+                &self.st.SELECT_CURSORS,
+                (user, conv.as_str()),
+                "read cursors",
+            )
+            .await?;
+        rows::cursors_from_row(row)
+    }
+
+    async fn last_seq(&self, conv: &ConvId) -> StoreResult<u64> {
+        self.check_open()?;
+        self.current_last_seq(conv).await
+    }
+
+    async fn conversations(
+        &self,
+        user: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConversationSummary>> {
+        self.check_open()?;
+        // A user's DMs come from their own partition; groups keep their activity in
+        // conv_meta (fanning every group message out to 50,000 member indexes would not
+        // scale), so they are merged in here. Listing is rare next to sending.
+        let dms: Vec<(String, Option<i64>, Option<i64>)> = self
+            .all_rows(&self.st.SELECT_USER_CONVS, (user,), "conversations: dms")
+            .await?;
+        let mut candidates = Vec::with_capacity(dms.len());
+        for (conv, last_seq, last_ts) in dms {
+            candidates.push(Candidate {
+                conv: ConvId(conv),
+                last_ts: last_ts.unwrap_or(0),
+                last_seq: counter_from_db(last_seq.unwrap_or(0))?,
+                name: None,
+            });
+        }
+        let gids = self.groups_of(user).await?;
+        let groups = try_join_all(gids.iter().map(|gid| async move {
+            let conv = ConvId::group(gid);
+            let (meta, group) = try_join(
+                self.maybe_row::<(Option<i64>, Option<i64>)>(
+                    &self.st.SELECT_CONV_META,
+                    (conv.as_str(),),
+                    "conversations: group activity",
+                ),
+                self.group_row(gid),
+            )
+            .await?;
+            let Some((_, name, _, created_ts, _)) = group else {
+                return Ok(None);
+            };
+            let (last_seq, last_ts) = meta.unwrap_or((None, None));
+            Ok::<_, StoreError>(Some(Candidate {
+                conv,
+                // An empty group's activity is its creation.
+                last_ts: last_ts.or(created_ts).unwrap_or(0),
+                last_seq: counter_from_db(last_seq.unwrap_or(0))?,
+                name,
+            }))
+        }))
+        .await?;
+        candidates.extend(groups.into_iter().flatten());
+
+        let ranked = rows::rank_conversations(candidates, before, limit);
+        try_join_all(ranked.into_iter().map(|c| async move {
+            let (last_message, cursors) = try_join(
+                self.message(&c.conv, c.last_seq),
+                self.cursors(user, &c.conv),
+            )
+            .await?;
+            Ok::<_, StoreError>(rows::summary(c, last_message, cursors))
+        }))
+        .await
+    }
+
+    async fn create_group(
+        &self,
+        gid: &str,
+        name: &str,
+        creator: &str,
+        members: &[String],
+        ts: i64,
+        max_members: u64,
+    ) -> StoreResult<GroupInfo> {
+        self.check_open()?;
+        let all = unique(std::iter::once(creator).chain(members.iter().map(String::as_str)));
+        if all.len() as u64 > max_members {
+            return Err(StoreError::new(
+                StoreErrorKind::LimitExceeded,
+                format!("a group has at most {max_members} members"),
+            ));
+        }
+        let slot = self.group_locks.slot(&gid.to_owned());
+        let _lock = slot.lock().await;
+        if !self.lwt_insert_group(gid, name, creator, ts).await? {
+            // Either another group, or our own earlier attempt that failed after the LWT
+            // (same creator, name and time): finish that one instead of refusing it.
+            let ours = self.group_row(gid).await?.is_some_and(|(_, n, by, at, _)| {
+                n.as_deref() == Some(name) && by.as_deref() == Some(creator) && at == Some(ts)
+            });
+            if !ours {
+                return Err(StoreError::new(
+                    StoreErrorKind::Conflict,
+                    format!("group {gid} exists"),
+                ));
+            }
+        }
+        self.write_members(gid, &all, ts).await?;
+        Ok(GroupInfo {
+            gid: gid.to_owned(),
+            name: name.to_owned(),
+            created_by: creator.to_owned(),
+            created_ts: ts,
+            admins: vec![creator.to_owned()],
+            member_count: all.len() as u64,
+        })
+    }
+
+    async fn group(&self, gid: &str) -> StoreResult<Option<GroupInfo>> {
+        self.check_open()?;
+        let Some(row) = self.group_row(gid).await? else {
+            return Ok(None);
+        };
+        let count = self.member_count(gid).await?;
+        Ok(Some(rows::group_from_row(row, count)))
+    }
+
+    async fn add_members(
+        &self,
+        gid: &str,
+        users: &[String],
+        ts: i64,
+        max_members: u64,
+    ) -> StoreResult<MembershipChange> {
+        self.check_open()?;
+        let slot = self.group_locks.slot(&gid.to_owned());
+        let _lock = slot.lock().await;
+        if self.group_row(gid).await?.is_none() {
+            return Err(not_found_group(gid));
+        }
+        let requested = unique(users.iter().map(String::as_str));
+        let existing = self.members_among(gid, &requested).await?;
+        let new: Vec<String> = requested
+            .iter()
+            .filter(|u| !existing.contains(*u))
+            .cloned()
+            .collect();
+        let count = self.member_count(gid).await?;
+        let after = count + new.len() as u64;
+        if after > max_members {
+            return Err(StoreError::new(
+                StoreErrorKind::LimitExceeded,
+                format!("a group has at most {max_members} members"),
+            ));
+        }
+        let rows: Vec<(&str, &str, i64)> = new.iter().map(|u| (gid, u.as_str(), ts)).collect();
+        self.batch_in_partition(&self.st.INSERT_MEMBER, &rows, "add members")
+            .await?;
+        // Every requested user's index, not only the new ones: re-asserting it repairs an
+        // earlier call that failed between the two tables.
+        self.per_user_writes(
+            &self.st.INSERT_USER_GROUP,
+            &requested,
+            gid,
+            "add members: user_groups",
+        )
+        .await?;
+        Ok(MembershipChange {
+            changed: new,
+            member_count: after,
+        })
+    }
+
+    async fn remove_members(&self, gid: &str, users: &[String]) -> StoreResult<MembershipChange> {
+        self.check_open()?;
+        let slot = self.group_locks.slot(&gid.to_owned());
+        let _lock = slot.lock().await;
+        if self.group_row(gid).await?.is_none() {
+            return Err(not_found_group(gid));
+        }
+        let requested = unique(users.iter().map(String::as_str));
+        let existing = self.members_among(gid, &requested).await?;
+        let removed: Vec<String> = requested
+            .iter()
+            .filter(|u| existing.contains(*u))
+            .cloned()
+            .collect();
+        let count = self.member_count(gid).await?;
+        if !removed.is_empty() {
+            // The authority first: once this lands the users are out, whatever fails next.
+            let rows: Vec<(&str, &str)> = removed.iter().map(|u| (gid, u.as_str())).collect();
+            self.batch_in_partition(&self.st.DELETE_MEMBER, &rows, "remove members")
+                .await?;
+            self.write(
+                &self.st.REMOVE_ADMINS,
+                (removed.clone(), gid),
+                "remove members: admins",
+            )
+            .await?;
+        }
+        // Stale index rows are harmless (reads check membership) but cleaned when seen.
+        self.per_user_writes(
+            &self.st.DELETE_USER_GROUP,
+            &requested,
+            gid,
+            "remove members: user_groups",
+        )
+        .await?;
+        Ok(MembershipChange {
+            member_count: count.saturating_sub(removed.len() as u64),
+            changed: removed,
+        })
+    }
+
+    async fn set_admin(&self, gid: &str, user: &str, admin: bool) -> StoreResult<()> {
+        self.check_open()?;
+        let slot = self.group_locks.slot(&gid.to_owned());
+        let _lock = slot.lock().await;
+        if self.group_row(gid).await?.is_none() {
+            return Err(not_found_group(gid));
+        }
+        if !self.is_member(gid, user).await? {
+            return Err(StoreError::new(
+                StoreErrorKind::NotFound,
+                format!("{user} is not a member of {gid}"),
+            ));
+        }
+        let st = if admin {
+            &self.st.ADD_ADMINS
+        } else {
+            &self.st.REMOVE_ADMINS
+        };
+        self.write(st, (vec![user], gid), "set admin").await
+    }
+
+    async fn is_member(&self, gid: &str, user: &str) -> StoreResult<bool> {
+        self.check_open()?;
+        let row: Option<(String,)> = self
+            .maybe_row(&self.st.SELECT_MEMBER, (gid, user), "is member")
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn members(&self, gid: &str) -> StoreResult<Vec<String>> {
+        self.check_open()?;
+        if self.group_row(gid).await?.is_none() {
+            return Err(not_found_group(gid));
+        }
+        let rows: Vec<(String,)> = self
+            .all_rows(&self.st.SELECT_MEMBERS, (gid,), "members")
+            .await?;
+        Ok(rows.into_iter().map(|(u,)| u).collect())
+    }
+
+    async fn groups_of(&self, user: &str) -> StoreResult<Vec<String>> {
+        self.check_open()?;
+        let indexed: Vec<(String,)> = self
+            .all_rows(&self.st.SELECT_USER_GROUPS, (user,), "groups of user")
+            .await?;
+        // The per-user index can hold a stale row after an interrupted removal; membership
+        // is decided by group_members.
+        let checked = try_join_all(indexed.into_iter().map(|(gid,)| async move {
+            let member = self.is_member(&gid, user).await?;
+            Ok::<_, StoreError>(member.then_some(gid))
+        }))
+        .await?;
+        Ok(checked.into_iter().flatten().collect())
+    }
+
+    async fn set_profile(&self, user: &str, update: ProfileUpdate) -> StoreResult<Profile> {
+        self.check_open()?;
+        let text = |v: Option<String>| v.map(CqlValue::Text);
+        let mut statements: Vec<&PreparedStatement> = Vec::new();
+        let mut values: Vec<(Option<CqlValue>, &str)> = Vec::new();
+        if let Some(v) = update.display_name {
+            statements.push(&self.st.SET_DISPLAY_NAME);
+            values.push((text(v), user));
+        }
+        if let Some(v) = update.avatar_url {
+            statements.push(&self.st.SET_AVATAR_URL);
+            values.push((text(v), user));
+        }
+        if let Some(v) = update.status {
+            statements.push(&self.st.SET_STATUS);
+            values.push((text(v), user));
+        }
+        if let Some(v) = update.hide_last_seen {
+            statements.push(&self.st.SET_HIDE_LAST_SEEN);
+            values.push((Some(CqlValue::Boolean(v)), user));
+        }
+        if !statements.is_empty() {
+            // One partition (the user's profile row): applied atomically.
+            let mut batch = Batch::new(BatchType::Unlogged);
+            for st in statements {
+                batch.append_statement(st.clone());
+            }
+            batch.set_is_idempotent(true);
+            self.session
+                .batch(&batch, &values)
+                .await
+                .ctx("set profile")?;
+        }
+        let mut profiles = self.profiles(&[user.to_owned()]).await?;
+        profiles.pop().ok_or_else(|| {
+            StoreError::new(StoreErrorKind::Internal, "set profile: profile vanished")
+        })
+    }
+
+    async fn profiles(&self, users: &[String]) -> StoreResult<Vec<Profile>> {
+        self.check_open()?;
+        try_join_all(users.iter().map(|user| async move {
+            let (profile, last_seen) = try_join(
+                self.maybe_row::<ProfileRow>(&self.st.SELECT_PROFILE, (user,), "read profile"),
+                self.maybe_row::<(Option<i64>,)>(
+                    &self.st.SELECT_LAST_SEEN,
+                    (user,),
+                    "read last seen",
+                ),
+            )
+            .await?;
+            Ok::<_, StoreError>(rows::profile_from_row(
+                user,
+                profile,
+                last_seen.and_then(|(ts,)| ts),
+            ))
+        }))
+        .await
+    }
+
+    async fn touch_last_seen(&self, user: &str, ts: i64) -> StoreResult<()> {
+        self.check_open()?;
+        // The write timestamp is the activity time: an older touch never wins.
+        self.write(
+            &self.st.TOUCH_LAST_SEEN,
+            (ts.max(0), ts, user),
+            "touch last seen",
+        )
+        .await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        // Every write was awaited at the configured consistency before its method returned:
+        // nothing is buffered, so flushing is closing. Calls already in flight finish; the
+        // session's connections close when the store is dropped.
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn driver_consistency(c: ConsistencyLevel) -> Consistency {
+    match c {
+        ConsistencyLevel::One => Consistency::One,
+        ConsistencyLevel::LocalOne => Consistency::LocalOne,
+        ConsistencyLevel::Quorum => Consistency::Quorum,
+        ConsistencyLevel::LocalQuorum => Consistency::LocalQuorum,
+        ConsistencyLevel::EachQuorum => Consistency::EachQuorum,
+        ConsistencyLevel::All => Consistency::All,
+    }
+}
+
+fn not_found_group(gid: &str) -> StoreError {
+    StoreError::new(StoreErrorKind::NotFound, format!("no group {gid}"))
+}
+
+/// Distinct values, first occurrence order kept.
+fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    items
+        .filter(|u| seen.insert(*u))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(feature = "scylla-tls")]
+async fn with_tls(builder: SessionBuilder, tls: &ScyllaTls) -> StoreResult<SessionBuilder> {
+    use tokio_rustls::rustls;
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::new(StoreErrorKind::Internal, format!("store.tls.{what}: {e}"))
+    };
+    let read = |path: std::path::PathBuf, what: &'static str| async move {
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| bad(what, &format!("{}: {e}", path.display())))
+    };
+    let ca = read(tls.ca_file.clone(), "ca_file").await?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        let cert = cert.map_err(|e| bad("ca_file", &e))?;
+        roots.add(cert).map_err(|e| bad("ca_file", &e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("ca_file", &"no certificate in the file"));
+    }
+    // An explicit provider: the driver's rustls dependency also enables aws-lc-rs, and with
+    // two providers compiled in rustls cannot pick a default.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("ca_file", &e))?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            let certs = read(cert_file.clone(), "cert_file").await?;
+            let certs = rustls_pemfile::certs(&mut certs.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("cert_file", &e))?;
+            let key = read(key_file.clone(), "key_file").await?;
+            let key = rustls_pemfile::private_key(&mut key.as_slice())
+                .map_err(|e| bad("key_file", &e))?
+                .ok_or_else(|| bad("key_file", &"no private key in the file"))?;
+            config
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| bad("cert_file", &e))?
+        }
+        _ => config.with_no_client_auth(),
+    };
+    Ok(builder.tls_context(Some(Arc::new(config))))
+}
+
+#[cfg(not(feature = "scylla-tls"))]
+async fn with_tls(_builder: SessionBuilder, _tls: &ScyllaTls) -> StoreResult<SessionBuilder> {
+    // `validate` already refused this; kept as a guard.
+    Err(StoreError::new(
+        StoreErrorKind::Internal,
+        "store.tls: this build has no TLS for ScyllaDB; rebuild with `--features scylla-tls`",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_keeps_first_occurrence_order() {
+        assert_eq!(
+            unique(["b", "a", "b", "c", "a"].into_iter()),
+            vec!["b".to_owned(), "a".to_owned(), "c".to_owned()]
+        );
+    }
+
+    #[test]
+    fn consistency_maps_one_to_one() {
+        assert_eq!(
+            driver_consistency(ConsistencyLevel::default()),
+            Consistency::LocalQuorum
+        );
+        assert_eq!(driver_consistency(ConsistencyLevel::One), Consistency::One);
+    }
+}
