@@ -9,6 +9,7 @@ use super::{BrokerState, Client, Refusal};
 use crate::acl::{DenyReason, PublishRoute, SubscribeRoute, Who};
 use crate::auth::{unix_now, AuthError};
 use crate::metrics as m;
+use crate::protocol::OutKind;
 use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
@@ -29,8 +30,13 @@ use tracing::{debug, info, warn, Instrument};
 
 /// The router numbers its outgoing packets 1..=100 per link; chat deliveries use the rest.
 const ROUTER_PKIDS: u16 = 100;
-/// Chat publishes being processed per connection before we stop reading its socket.
+/// Chat publishes being processed at once per connection; more wait in `parked`.
 const MAX_INBOUND: usize = 256;
+/// Parked chat publishes before we stop reading the socket. Reading goes on while there is
+/// room because the same byte stream carries the client's PUBACKs for our deliveries: if we
+/// stopped reading at the first excess PUBLISH, a client waiting for its acks (which wait for
+/// its PUBACKs) would deadlock with us.
+const MAX_PARKED: usize = 4096;
 /// Our receive maximum towards 5.0 clients.
 const RECEIVE_MAXIMUM: u16 = 1024;
 
@@ -84,6 +90,16 @@ impl From<CodecError> for Close {
             }
         }
     }
+}
+
+/// A chat publish waiting for a processing slot.
+struct ChatJob {
+    client: Client,
+    kind: OutKind,
+    payload: Bytes,
+    reply: ReplyProps,
+    pkid: u16,
+    qos: u8,
 }
 
 struct InboundTask {
@@ -420,6 +436,7 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         pending_subacks: VecDeque::new(),
         pending_unsubacks: VecDeque::new(),
         inbound: VecDeque::new(),
+        parked: VecDeque::new(),
         chat_qos2: HashSet::new(),
         inflight: HashSet::new(),
         next_pkid: ROUTER_PKIDS,
@@ -470,6 +487,7 @@ struct Conn {
     pending_subacks: VecDeque<PendingSubAck>,
     pending_unsubacks: VecDeque<PendingUnsubAck>,
     inbound: VecDeque<InboundTask>,
+    parked: VecDeque<ChatJob>,
     /// QoS 2 chat publishes answered with PUBREC, waiting for PUBREL.
     chat_qos2: HashSet<u16>,
     /// Packet ids of chat deliveries not yet acknowledged.
@@ -544,13 +562,17 @@ impl Conn {
                 _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => Err(Close::Shutdown),
                 _ = sleep_until_opt(self.token_deadline) => Err(Close::TokenExpired),
                 _ = sleep_until_opt(ka_deadline) => Err(Close::KeepAlive),
-                (pkid, qos, result) = next_inbound(&mut self.inbound) => self.finish_inbound(pkid, qos, result),
+                (pkid, qos, result) = next_inbound(&mut self.inbound) => {
+                    let r = self.finish_inbound(pkid, qos, result);
+                    self.unpark();
+                    r
+                }
                 n = next_link_event(&mut self.link) => match n {
                     Some(n) => self.on_engine(n),
                     None => Err(Close::Engine),
                 },
                 Some(d) = self.out_rx.recv(), if can_deliver => self.deliver(d),
-                r = io.rd.read_buf(&mut io.rbuf), if self.inbound.len() < MAX_INBOUND => match r {
+                r = io.rd.read_buf(&mut io.rbuf), if self.parked.len() < MAX_PARKED => match r {
                     Ok(0) | Err(_) => Err(Close::Lost),
                     Ok(_) => {
                         last_rx = Instant::now();
@@ -695,20 +717,23 @@ impl Conn {
                 };
                 metrics::counter!(m::MESSAGES, "plane" => "chat", "kind" => kind.as_str())
                     .increment(1);
-                let chat = self.state.chat.clone();
-                let reply = ReplyProps::from_props(props.as_ref());
-                let payload = p.payload;
-                let handle =
-                    tokio::spawn(async move { chat.publish(&client, kind, payload, reply).await });
-                if h.qos == 0 {
-                    // Nothing to acknowledge; the task runs on its own.
-                    return Ok(());
-                }
-                self.inbound.push_back(InboundTask {
+                let job = ChatJob {
+                    client,
+                    kind,
+                    payload: p.payload,
+                    reply: ReplyProps::from_props(props.as_ref()),
                     pkid: h.pkid,
                     qos: h.qos,
-                    handle,
-                });
+                };
+                if h.qos == 0 {
+                    // Nothing to acknowledge (typing); the task runs on its own.
+                    self.spawn_chat(job);
+                } else if self.inbound.len() < MAX_INBOUND && self.parked.is_empty() {
+                    let task = self.spawn_chat(job);
+                    self.inbound.push_back(task);
+                } else {
+                    self.parked.push_back(job);
+                }
                 Ok(())
             }
             PublishRoute::General => {
@@ -717,6 +742,31 @@ impl Conn {
                 self.send_to_engine(Packet::Publish(p, props)).await
             }
             PublishRoute::Deny(reason) => self.deny_publish(h, reason, topic.to_owned()),
+        }
+    }
+
+    fn spawn_chat(&self, job: ChatJob) -> InboundTask {
+        let chat = self.state.chat.clone();
+        let ChatJob {
+            client,
+            kind,
+            payload,
+            reply,
+            pkid,
+            qos,
+        } = job;
+        let handle = tokio::spawn(async move { chat.publish(&client, kind, payload, reply).await });
+        InboundTask { pkid, qos, handle }
+    }
+
+    /// Moves parked chat publishes into free processing slots, in arrival order.
+    fn unpark(&mut self) {
+        while self.inbound.len() < MAX_INBOUND {
+            let Some(job) = self.parked.pop_front() else {
+                break;
+            };
+            let task = self.spawn_chat(job);
+            self.inbound.push_back(task);
         }
     }
 

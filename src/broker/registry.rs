@@ -11,6 +11,7 @@ use rumqttd::protocol::{matches, PublishProperties};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub type ConnId = u64;
@@ -236,6 +237,62 @@ impl Registry {
         n
     }
 
+    /// Like [`Registry::deliver_user`], but waits up to `wait` for room in each connection's
+    /// queue instead of dropping. For what a user must not miss while connected (sent acks,
+    /// rpc answers, DMs): the wait pushes back on whoever produces the load.
+    pub async fn deliver_user_wait(&self, user: &str, d: &Delivery, wait: Duration) -> usize {
+        let targets = self.user_targets(user, d);
+        let mut n = 0;
+        for tx in targets {
+            n += usize::from(self.send_wait(&tx, d.clone(), wait).await);
+        }
+        n
+    }
+
+    /// Waits up to `wait` for room in one connection's queue (it must have a matching filter).
+    pub async fn deliver_conn_wait(&self, id: ConnId, d: &Delivery, wait: Duration) -> Offer {
+        let tx = {
+            let topic = String::from_utf8_lossy(&d.topic);
+            let m = self.maps.lock();
+            match m.conns.get(&id) {
+                Some(c) if c.user_filters.iter().any(|f| matches(&topic, f)) => c.tx.clone(),
+                _ => return Offer::Gone,
+            }
+        };
+        if self.send_wait(&tx, d.clone(), wait).await {
+            Offer::Queued
+        } else if tx.is_closed() {
+            Offer::Gone
+        } else {
+            Offer::Full
+        }
+    }
+
+    fn user_targets(&self, user: &str, d: &Delivery) -> Vec<mpsc::Sender<Delivery>> {
+        let topic = String::from_utf8_lossy(&d.topic);
+        let m = self.maps.lock();
+        m.by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| m.conns.get(id))
+            .filter(|c| c.user_filters.iter().any(|f| matches(&topic, f)))
+            .map(|c| c.tx.clone())
+            .collect()
+    }
+
+    async fn send_wait(&self, tx: &mpsc::Sender<Delivery>, d: Delivery, wait: Duration) -> bool {
+        match tokio::time::timeout(wait, tx.send(d)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::DELIVERIES_DROPPED).increment(1);
+                false
+            }
+        }
+    }
+
     /// Delivers to one connection if it subscribed to a matching `chat/u/…` filter.
     pub fn deliver_conn(&self, id: ConnId, d: &Delivery) -> Offer {
         let topic = String::from_utf8_lossy(&d.topic);
@@ -386,6 +443,40 @@ mod tests {
             r.deliver_group("team", &Delivery::qos1("chat/g/team/typing", "t")),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn waiting_delivery_waits_for_room_then_gives_up() {
+        let r = Registry::new();
+        let (a, mut rx) = conn(&r, "alice");
+        r.subscribe_user(a, "chat/u/alice/#");
+        let d = Delivery::qos1("chat/u/alice/in/ack", "x");
+        for _ in 0..4 {
+            assert_eq!(
+                r.deliver_user_wait("alice", &d, Duration::from_millis(10))
+                    .await,
+                1
+            );
+        }
+        assert_eq!(
+            r.deliver_user_wait("alice", &d, Duration::from_millis(10))
+                .await,
+            0
+        );
+        assert_eq!(r.dropped(), 1);
+        // The consumer frees one slot later and keeps the receiver alive.
+        let consumer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let first = rx.recv().await;
+            (first, rx)
+        });
+        assert_eq!(
+            r.deliver_user_wait("alice", &d, Duration::from_secs(5))
+                .await,
+            1
+        );
+        let (first, _rx) = consumer.await.expect("consumer");
+        assert!(first.is_some());
     }
 
     #[test]

@@ -34,6 +34,9 @@ use tracing::{debug, warn};
 
 /// Last-seen writes per user are coalesced to at most one per this interval.
 const LAST_SEEN_EVERY: Duration = Duration::from_secs(15);
+/// How long a delivery to a user's connection waits for room in its queue before it is
+/// dropped (the message itself stays in the store).
+const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 pub struct ChatService {
     store: Arc<dyn Store>,
@@ -101,11 +104,9 @@ impl ChatService {
         Bytes::from(encode(self.encoding, v))
     }
 
-    fn to_user<T: Serialize + ?Sized>(&self, user: &str, kind: InKind, v: &T) -> usize {
-        self.registry.deliver_user(
-            user,
-            &Delivery::qos1(user_in_topic(user, kind), self.encode(v)),
-        )
+    async fn to_user<T: Serialize + ?Sized>(&self, user: &str, kind: InKind, v: &T) -> usize {
+        let d = Delivery::qos1(user_in_topic(user, kind), self.encode(v));
+        self.registry.deliver_user_wait(user, &d, QUEUE_WAIT).await
     }
 
     fn to_group<T: Serialize + ?Sized>(&self, gid: &str, kind: GroupKind, v: &T, qos: u8) -> usize {
@@ -114,9 +115,10 @@ impl ChatService {
         self.registry.deliver_group(gid, &d)
     }
 
-    fn ack_error(&self, user: &str, cid: Option<String>, error: ChatError) {
+    async fn ack_error(&self, user: &str, cid: Option<String>, error: ChatError) {
         metrics::counter!(m::CHAT_ERRORS, "code" => error.code.as_str()).increment(1);
-        self.to_user(user, InKind::Ack, &AckError { cid, error });
+        self.to_user(user, InKind::Ack, &AckError { cid, error })
+            .await;
     }
 
     /// Moves last seen, at most once per [`LAST_SEEN_EVERY`] per user.
@@ -156,27 +158,31 @@ impl ChatService {
         let me = client.user.as_str();
         let req = match decode_send(payload, &self.limits) {
             Ok(r) => r,
-            Err(AckError { cid, error }) => return self.ack_error(me, cid, error),
+            Err(AckError { cid, error }) => return self.ack_error(me, cid, error).await,
         };
         let cid = Some(req.cid.clone());
         let Some(conv) = req.to.conv(me) else {
-            return self.ack_error(
-                me,
-                cid,
-                ChatError::bad_request("cannot send a message to yourself"),
-            );
+            return self
+                .ack_error(
+                    me,
+                    cid,
+                    ChatError::bad_request("cannot send a message to yourself"),
+                )
+                .await;
         };
         if let Target::Group(gid) = &req.to {
             match self.is_member(gid, me).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    return self.ack_error(
-                        me,
-                        cid,
-                        ChatError::forbidden(format!("not a member of group {gid}")),
-                    )
+                    return self
+                        .ack_error(
+                            me,
+                            cid,
+                            ChatError::forbidden(format!("not a member of group {gid}")),
+                        )
+                        .await
                 }
-                Err(e) => return self.ack_error(me, cid, e),
+                Err(e) => return self.ack_error(me, cid, e).await,
             }
         }
         let ts = now_ms();
@@ -195,11 +201,11 @@ impl ChatService {
             .record(started.elapsed().as_secs_f64());
         let appended = match appended {
             Ok(a) => a,
-            Err(e) => return self.ack_error(me, cid, e.into()),
+            Err(e) => return self.ack_error(me, cid, e.into()).await,
         };
         // The durability promise: this ack goes out only after the store committed.
         let stored = appended.message();
-        self.to_user(me, InKind::Ack, &SentAck::of(stored));
+        self.to_user(me, InKind::Ack, &SentAck::of(stored)).await;
         if let Appended::Stored(stored) = &appended {
             match MessageOut::from_stored(stored) {
                 Ok(out) => {
@@ -208,9 +214,9 @@ impl ChatService {
                         Target::User(peer) => {
                             let d =
                                 Delivery::qos1(user_in_topic(peer, InKind::Msg), payload.clone());
-                            self.registry.deliver_user(peer, &d);
+                            self.registry.deliver_user_wait(peer, &d, QUEUE_WAIT).await;
                             let d = Delivery::qos1(user_in_topic(me, InKind::Msg), payload);
-                            self.registry.deliver_user(me, &d);
+                            self.registry.deliver_user_wait(me, &d, QUEUE_WAIT).await;
                         }
                         Target::Group(gid) => {
                             self.registry.deliver_group(
@@ -234,18 +240,20 @@ impl ChatService {
         let me = client.user.as_str();
         let req = match decode_receipt(payload, &self.limits) {
             Ok(r) => r,
-            Err(e) => return self.ack_error(me, None, e),
+            Err(e) => return self.ack_error(me, None, e).await,
         };
         match self.participant(&req.conv, me).await {
             Ok(true) => {}
             Ok(false) => {
-                return self.ack_error(
-                    me,
-                    None,
-                    ChatError::forbidden(format!("not a participant of {}", req.conv)),
-                )
+                return self
+                    .ack_error(
+                        me,
+                        None,
+                        ChatError::forbidden(format!("not a participant of {}", req.conv)),
+                    )
+                    .await
             }
-            Err(e) => return self.ack_error(me, None, e),
+            Err(e) => return self.ack_error(me, None, e).await,
         }
         let moved = match self
             .store
@@ -253,7 +261,7 @@ impl ChatService {
             .await
         {
             Ok(m) => m,
-            Err(e) => return self.ack_error(me, None, e.into()),
+            Err(e) => return self.ack_error(me, None, e.into()).await,
         };
         if moved.moved {
             let out = ReceiptOut {
@@ -266,10 +274,10 @@ impl ChatService {
             match req.conv.kind() {
                 Some(ConvKind::Direct { .. }) => {
                     if let Some(peer) = req.conv.kind().and_then(|k| k.peer_of(me)) {
-                        self.to_user(peer, InKind::Receipt, &out);
+                        self.to_user(peer, InKind::Receipt, &out).await;
                     }
                     // My other devices learn what I have read.
-                    self.to_user(me, InKind::Receipt, &out);
+                    self.to_user(me, InKind::Receipt, &out).await;
                 }
                 Some(ConvKind::Group { gid }) => {
                     let small = match self.store.group(gid).await {
@@ -350,9 +358,14 @@ impl ChatService {
                 ..Default::default()
             });
         }
-        if self.registry.deliver_conn(client.conn, &d) == Offer::Gone {
+        if self
+            .registry
+            .deliver_conn_wait(client.conn, &d, QUEUE_WAIT)
+            .await
+            == Offer::Gone
+        {
             // Not subscribed on this connection: any device of the user that listens gets it.
-            self.registry.deliver_user(me, &d);
+            self.registry.deliver_user_wait(me, &d, QUEUE_WAIT).await;
         }
     }
 
@@ -400,7 +413,7 @@ impl ChatService {
                     name: Some(name),
                 };
                 for u in &everyone {
-                    self.to_user(u, InKind::Event, &ev);
+                    self.to_user(u, InKind::Event, &ev).await;
                 }
                 self.to_group(&gid, GroupKind::Event, &ev, 1);
                 Ok(RpcResult::Group(GroupInfoOut::from_info(
@@ -424,7 +437,7 @@ impl ChatService {
                         name: None,
                     };
                     for u in &change.changed {
-                        self.to_user(u, InKind::Event, &ev);
+                        self.to_user(u, InKind::Event, &ev).await;
                     }
                     self.to_group(&gid, GroupKind::Event, &ev, 1);
                 }
@@ -433,7 +446,8 @@ impl ChatService {
             RpcOp::GroupRemove { gid, users } => {
                 self.require_admin(&gid, me).await?;
                 let change = self.store.remove_members(&gid, &users).await?;
-                self.after_removal(&gid, me, &change.changed, EventKind::GroupRemoved);
+                self.after_removal(&gid, me, &change.changed, EventKind::GroupRemoved)
+                    .await;
                 Ok(RpcResult::Membership(MembershipOut::of(&gid, change)))
             }
             RpcOp::GroupLeave { gid } => {
@@ -441,7 +455,8 @@ impl ChatService {
                     return Err(ChatError::not_found(format!("not a member of group {gid}")));
                 }
                 let change = self.store.remove_members(&gid, &[me.to_owned()]).await?;
-                self.after_removal(&gid, me, &change.changed, EventKind::GroupLeft);
+                self.after_removal(&gid, me, &change.changed, EventKind::GroupLeft)
+                    .await;
                 Ok(RpcResult::Membership(MembershipOut::of(&gid, change)))
             }
             RpcOp::GroupInfo { gid } => {
@@ -516,7 +531,7 @@ impl ChatService {
     }
 
     /// Removed members stop receiving the group at once, then everyone concerned is told.
-    fn after_removal(&self, gid: &str, by: &str, removed: &[String], kind: EventKind) {
+    async fn after_removal(&self, gid: &str, by: &str, removed: &[String], kind: EventKind) {
         if removed.is_empty() {
             return;
         }
@@ -532,7 +547,7 @@ impl ChatService {
             name: None,
         };
         for u in removed {
-            self.to_user(u, InKind::Event, &ev);
+            self.to_user(u, InKind::Event, &ev).await;
         }
         self.to_group(gid, GroupKind::Event, &ev, 1);
     }
@@ -666,11 +681,13 @@ impl ChatPlane for ChatService {
                         user_in_topic(&client.user, InKind::Rpc),
                         self.encode(&RpcResponse::<RpcResult>::err(rid, error)),
                     );
-                    self.registry.deliver_user(&client.user, &d);
+                    self.registry
+                        .deliver_user_wait(&client.user, &d, QUEUE_WAIT)
+                        .await;
                 }
                 _ => {
                     let cid = decode_send(&payload, &self.limits).ok().map(|r| r.cid);
-                    self.ack_error(&client.user, cid, error);
+                    self.ack_error(&client.user, cid, error).await;
                 }
             }
             return Err(Refusal::QuotaExceeded);
@@ -689,7 +706,8 @@ impl ChatPlane for ChatService {
             &client.user,
             None,
             ChatError::forbidden(format!("not allowed to publish to {topic}")),
-        );
+        )
+        .await;
     }
 
     async fn may_subscribe_group(&self, user: &str, gid: &str) -> bool {

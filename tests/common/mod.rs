@@ -58,6 +58,13 @@ impl Broker {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, cfg: Config) -> Broker {
+        // CHATMQ_TEST_LOG=chatmq=debug shows the broker's logs while debugging a test.
+        if let Ok(filter) = std::env::var("CHATMQ_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let server = Server::start(cfg.clone()).await.expect("broker starts");
         let port = server.mqtt.tcp.expect("tcp listener").port();
         Broker {
