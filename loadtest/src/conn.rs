@@ -97,6 +97,8 @@ pub enum ConnectFailure {
     Timeout,
     Network(String),
     SubscribeDenied,
+    /// No token could be had for the user.
+    Token(String),
 }
 
 impl ConnectFailure {
@@ -107,6 +109,7 @@ impl ConnectFailure {
             ConnectFailure::Timeout => "timeout".into(),
             ConnectFailure::Network(_) => "network".into(),
             ConnectFailure::SubscribeDenied => "subscribe_denied".into(),
+            ConnectFailure::Token(_) => "token".into(),
         }
     }
 }
@@ -118,6 +121,7 @@ impl std::fmt::Display for ConnectFailure {
             ConnectFailure::Timeout => write!(f, "timed out"),
             ConnectFailure::Network(e) => write!(f, "network: {e}"),
             ConnectFailure::SubscribeDenied => write!(f, "subscription denied"),
+            ConnectFailure::Token(e) => write!(f, "token: {e}"),
         }
     }
 }
@@ -178,9 +182,12 @@ impl Conn {
                 }
             }
             if !subs.is_empty() {
-                let c = client.clone();
                 let n = subs.len();
-                let sub = tokio::spawn(async move { c.subscribe_many(subs).await });
+                // The request channel is empty right after CONNACK: this does not wait.
+                client
+                    .subscribe_many(subs)
+                    .await
+                    .map_err(|e| ConnectFailure::Network(e.to_string()))?;
                 loop {
                     match el.poll().await? {
                         Event::Incoming(Packet::SubAck(ack)) => {
@@ -198,7 +205,6 @@ impl Conn {
                         Event::Outgoing(_) => {}
                     }
                 }
-                let _ = sub.await;
             }
             Ok::<(), ConnectFailure>(())
         };

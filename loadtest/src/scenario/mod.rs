@@ -161,3 +161,70 @@ fn raise_fd_limit() {
         }
     }
 }
+
+/// Disconnects every connection (concurrently); returns how many had dropped on their own.
+pub async fn close_all(conns: Vec<crate::conn::Conn>) -> u64 {
+    let mut set = JoinSet::new();
+    for c in conns {
+        set.spawn(c.close());
+    }
+    let mut dropped = 0;
+    while let Some(r) = set.join_next().await {
+        if let Ok(crate::conn::ConnEnd::Dropped(_)) = r {
+            dropped += 1;
+        }
+    }
+    dropped
+}
+
+/// Pairs `0..n` (n even) at random: `peer[i]` is i's partner.
+pub fn random_pairs(n: usize, seed: Option<u64>) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = match seed {
+        Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+        None => rand::rngs::StdRng::from_rng(&mut rand::rng()),
+    };
+    order.shuffle(&mut rng);
+    let mut peer = vec![0; n];
+    for pair in order.chunks_exact(2) {
+        peer[pair[0]] = pair[1];
+        peer[pair[1]] = pair[0];
+    }
+    peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_symmetric_and_seeded() {
+        let p = random_pairs(10, Some(1));
+        for (i, &j) in p.iter().enumerate() {
+            assert_ne!(i, j);
+            assert_eq!(p[j], i);
+        }
+        assert_eq!(p, random_pairs(10, Some(1)));
+    }
+
+    #[tokio::test]
+    async fn open_many_keeps_order_and_limits_concurrency() {
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let out = open_many(20, 3, 0.0, Clock::new(), |i| {
+            let (live, peak) = (live.clone(), peak.clone());
+            async move {
+                let n = live.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                peak.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<usize, ()>(i)
+            }
+        })
+        .await;
+        assert_eq!(out, (0..20).map(Ok).collect::<Vec<_>>());
+        assert!(peak.load(std::sync::atomic::Ordering::SeqCst) <= 3);
+    }
+}
