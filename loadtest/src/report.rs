@@ -222,20 +222,18 @@ pub fn fmt_f(v: f64, digits: usize) -> String {
     if !v.is_finite() {
         return "-".into();
     }
-    let whole = v.trunc().abs() as u64;
-    let frac = format!("{:.*}", digits, v.abs().fract());
-    // "0.123" → ".123"; rounding may carry into the integer part ("1.000").
-    let (whole, frac) = if frac.starts_with('1') {
-        (whole + 1, frac[1..].to_string())
-    } else {
-        (whole, frac[1..].to_string())
-    };
+    let s = format!("{:.*}", digits, v.abs());
+    let (whole, frac) = s.split_once('.').unwrap_or((&s, ""));
+    let whole = whole
+        .parse::<u64>()
+        .map(fmt_u)
+        .unwrap_or_else(|_| whole.to_string());
     let sign = if v < 0.0 { "-" } else { "" };
-    format!(
-        "{sign}{}{}",
-        fmt_u(whole),
-        if digits == 0 { "" } else { &frac }
-    )
+    if frac.is_empty() {
+        format!("{sign}{whole}")
+    } else {
+        format!("{sign}{whole}.{frac}")
+    }
 }
 
 fn fmt_ms(v: f64) -> String {

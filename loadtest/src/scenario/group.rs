@@ -284,10 +284,7 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<i32> {
     let drain_end_ns = clock.now_ns();
     let alive = conns.iter().filter(|c| c.is_alive()).count();
     let dropped = conns.len() - alive;
-    let owned: Vec<Conn> = conns
-        .into_iter()
-        .filter_map(|c| Arc::into_inner(c))
-        .collect();
+    let owned: Vec<Conn> = conns.into_iter().filter_map(Arc::into_inner).collect();
     super::close_all(owned).await;
     drop(_progress);
 
