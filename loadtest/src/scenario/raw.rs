@@ -250,6 +250,12 @@ pub async fn run(args: RawArgs) -> anyhow::Result<i32> {
                 }
                 sent.inc();
                 seq += 1;
+                // rumqttc's request channel does not take part in tokio's cooperative
+                // budget: at max rate a publisher would otherwise never yield and starve
+                // the subscribers sharing its worker thread.
+                if table.is_none() && seq % 32 == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
             seq
         }));
@@ -278,9 +284,16 @@ pub async fn run(args: RawArgs) -> anyhow::Result<i32> {
     let drain_end_ns = clock.now_ns();
 
     let mut dropped = 0u64;
-    for c in subs.into_iter().chain(pubs) {
-        if let ConnEnd::Dropped(_) = c.close().await {
+    let mut first_drop = None;
+    for (i, c) in subs.into_iter().chain(pubs).enumerate() {
+        if let ConnEnd::Dropped(e) = c.close().await {
             dropped += 1;
+            let who = if i < layout.subscribers {
+                format!("subscriber {i}")
+            } else {
+                format!("publisher {}", i - layout.subscribers)
+            };
+            first_drop.get_or_insert(format!("{who} dropped: {e}"));
         }
     }
 
@@ -358,6 +371,7 @@ pub async fn run(args: RawArgs) -> anyhow::Result<i32> {
             args.drain
         ));
     }
+    r.notes.extend(first_drop);
     if args.rate <= 0.0 {
         r.notes.push(
             "max rate: latency includes queueing in the client under saturation; use --rate for latency".into(),
