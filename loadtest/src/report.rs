@@ -23,6 +23,8 @@ pub struct Report {
     pub broker: Option<BrokerSummary>,
     pub loss: u64,
     pub duplicates: u64,
+    /// Sends the broker never acknowledged, or refused with an error.
+    pub unacked: u64,
     pub notes: Vec<String>,
 }
 
@@ -68,7 +70,7 @@ impl Report {
     }
 
     pub fn passed(&self) -> bool {
-        self.loss == 0 && self.duplicates == 0
+        self.loss == 0 && self.duplicates == 0 && self.unacked == 0
     }
 
     pub fn to_json(&self) -> Value {
@@ -107,6 +109,7 @@ impl Report {
             "broker": self.broker,
             "loss": self.loss,
             "duplicates": self.duplicates,
+            "unacked": self.unacked,
             "zero_loss": self.passed(),
             "notes": self.notes,
         })
@@ -126,7 +129,7 @@ impl Report {
         line(&mut out, format!("== chatmq-loadtest {} ==", self.title));
         line(
             &mut out,
-            format!("  {:<30} {:>14} s", "wall time", fmt_f(self.wall_s, 2)),
+            format!("  {:<38} {:>14} s", "wall time", fmt_f(self.wall_s, 2)),
         );
         for (name, v, unit) in &self.figures {
             let v = match v {
@@ -138,11 +141,11 @@ impl Report {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            line(&mut out, format!("  {name:<30} {v:>14} {unit}"));
+            line(&mut out, format!("  {name:<38} {v:>14} {unit}"));
         }
         for (name, t) in &self.tallies {
             let parts: Vec<String> = t.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            line(&mut out, format!("  {name:<30} {}", parts.join(" ")));
+            line(&mut out, format!("  {name:<38} {}", parts.join(" ")));
         }
         if !self.latencies.is_empty() {
             line(
@@ -180,13 +183,14 @@ impl Report {
         line(
             &mut out,
             format!(
-                "  loss {}, duplicates {} — {}",
+                "  loss {}, duplicates {}, unacked {} — {}",
                 self.loss,
                 self.duplicates,
+                self.unacked,
                 if self.passed() {
                     "zero loss"
                 } else {
-                    "LOSS OR DUPLICATES"
+                    "LOSS, DUPLICATES OR UNACKED SENDS"
                 }
             ),
         );
@@ -275,5 +279,8 @@ mod tests {
         assert_eq!(j["zero_loss"], false);
         assert!(j["latency_ms"]["e2e"].is_object());
         assert!(r.to_table().contains("LOSS"));
+        r.loss = 0;
+        r.unacked = 2;
+        assert!(!r.passed());
     }
 }

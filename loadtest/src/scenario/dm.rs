@@ -234,6 +234,7 @@ pub async fn run(args: DmArgs) -> anyhow::Result<i32> {
     r.latency("send → delivered", stats.e2e_latency.total().summary());
     r.loss = lost;
     r.duplicates = stats.duplicates.get();
+    r.unacked = unacked + stats.ack_errors.get();
     if !drained {
         r.notes.push(format!(
             "drain timed out after {} s: {} unacked, {} acked not delivered",

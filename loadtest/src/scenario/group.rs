@@ -350,6 +350,7 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<i32> {
     r.latency("send → all online", reach.reach_all.summary());
     r.loss = reach.missing;
     r.duplicates = stats.duplicates.get();
+    r.unacked = unacked + stats.ack_errors.get();
     if !drained {
         r.notes.push(format!(
             "drain timed out after {} s with deliveries outstanding",

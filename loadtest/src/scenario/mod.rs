@@ -68,8 +68,8 @@ impl Env {
         }
         if self.common.assert_zero_loss && !report.passed() {
             eprintln!(
-                "--assert-zero-loss: {} lost, {} duplicated",
-                report.loss, report.duplicates
+                "--assert-zero-loss: {} lost, {} duplicated, {} sends unacked or refused",
+                report.loss, report.duplicates, report.unacked
             );
             return Ok(1);
         }

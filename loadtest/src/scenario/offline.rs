@@ -420,6 +420,7 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
     r.latency("reconnect → backlog done", per_user.summary());
     r.loss = lost + if check_receipts { unconfirmed } else { 0 };
     r.duplicates = stats.duplicates.get();
+    r.unacked = unacked + stats.ack_errors.get();
     if check_receipts {
         r.notes.push(
             "loss counts messages never delivered plus messages no forwarded delivered receipt confirmed (--no-receipt-check to leave receipts out)".into(),

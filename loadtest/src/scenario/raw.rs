@@ -365,6 +365,9 @@ pub async fn run(args: RawArgs) -> anyhow::Result<i32> {
     r.latency("end-to-end", latency.summary());
     r.loss = tally.lost;
     r.duplicates = tally.duplicates;
+    if qos == QoS::AtLeastOnce {
+        r.unacked = total_sent.saturating_sub(acked.get());
+    }
     if !drained {
         r.notes.push(format!(
             "drain timed out after {} s with deliveries outstanding",
