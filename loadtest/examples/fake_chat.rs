@@ -57,15 +57,18 @@ async fn main() -> anyhow::Result<()> {
                 .split(' ')
                 .find_map(|w| w.strip_prefix("chat/u/")?.strip_suffix("/in/#"));
             if let Some(user) = user {
-                // The log line is written while the subscription is being added.
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                for (topic, v) in chat.replay(user) {
-                    client.try_publish(
-                        topic,
-                        QoS::AtLeastOnce,
-                        false,
-                        rmp_serde::to_vec_named(&v)?,
-                    )?;
+                let backlog = chat.replay(user);
+                if !backlog.is_empty() {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        // The log line is written while the subscription is being added.
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        for (topic, v) in backlog {
+                            if let Ok(p) = rmp_serde::to_vec_named(&v) {
+                                let _ = client.publish(topic, QoS::AtLeastOnce, false, p).await;
+                            }
+                        }
+                    });
                 }
             }
             continue;
