@@ -48,7 +48,8 @@ pub struct Common {
     /// Write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Exit with status 1 when anything was lost or duplicated.
+    /// Exit with status 1 when anything was lost or duplicated, or a QoS 1 / chat send went
+    /// unacknowledged (or was refused).
     #[arg(long)]
     pub assert_zero_loss: bool,
     /// Sample this process's RSS and CPU (the broker) from /proc.
@@ -150,6 +151,11 @@ pub struct RawArgs {
     #[arg(long)]
     #[serde(skip)]
     pub password: Option<String>,
+    /// Instead of --password: mint an HS256 JWT for --username with this secret (chatmq's
+    /// general plane: every client logs in as that user, with its own client id).
+    #[arg(long, env = "CHATMQ_LOADTEST_SECRET", hide_env_values = true)]
+    #[serde(skip)]
+    pub secret: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

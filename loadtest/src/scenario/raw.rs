@@ -97,10 +97,17 @@ pub async fn run(args: RawArgs) -> anyhow::Result<i32> {
         QoS::AtLeastOnce
     };
     let size = args.size.max(RAW_HEADER);
-    let login = args
-        .username
-        .clone()
-        .map(|u| (u, args.password.clone().unwrap_or_default()));
+    let login = match (&args.username, &args.password, &args.secret) {
+        (Some(u), Some(p), _) => Some((u.clone(), p.clone())),
+        (Some(u), None, Some(secret)) => {
+            let token = crate::token::TokenSource::hs256(secret, 3600, None, None)
+                .token(u)
+                .await?;
+            Some((u.clone(), token))
+        }
+        (Some(u), None, None) => Some((u.clone(), String::new())),
+        (None, _, _) => None,
+    };
 
     let sent = Counter::default();
     let acked = Counter::default();
