@@ -48,7 +48,8 @@ pub fn read(pid: u32) -> Option<ProcSample> {
     })
 }
 
-fn ticks_per_second() -> f64 {
+/// Clock ticks per second of `/proc/PID/stat` times.
+pub fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {

@@ -30,6 +30,9 @@ pub struct Env {
     pub broker: Option<BrokerSampler>,
     pub progress: Progress,
     pub started: Instant,
+    /// The tool's own CPU ticks at the start: on a shared machine, shows whether the
+    /// generator itself was the bottleneck.
+    own_cpu_start: Option<u64>,
 }
 
 impl Env {
@@ -55,6 +58,7 @@ impl Env {
             broker,
             progress,
             started: Instant::now(),
+            own_cpu_start: crate::procstat::read(std::process::id()).map(|s| s.cpu_ticks),
         })
     }
 
@@ -62,6 +66,17 @@ impl Env {
     pub fn finish(&self, mut report: Report) -> anyhow::Result<i32> {
         report.wall_s = self.started.elapsed().as_secs_f64();
         report.broker = self.broker.as_ref().map(BrokerSampler::finish);
+        if let (Some(start), Some(end)) = (
+            self.own_cpu_start,
+            crate::procstat::read(std::process::id()).map(|s| s.cpu_ticks),
+        ) {
+            let cpu_s = end.saturating_sub(start) as f64 / crate::procstat::ticks_per_second();
+            report.value(
+                "tool cpu",
+                cpu_s / report.wall_s.max(1e-9) * 100.0,
+                "% of a core",
+            );
+        }
         print!("{}", report.to_table());
         if let Some(path) = &self.common.json {
             report.write_json(path)?;
