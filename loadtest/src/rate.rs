@@ -94,7 +94,9 @@ impl Timetable {
         if self.limit.is_some_and(|l| n >= l) || !self.interval_ns.is_finite() {
             return None;
         }
-        let t = self.start_ns + (n as f64 * self.interval_ns) as u64;
+        let t = self
+            .start_ns
+            .saturating_add((n as f64 * self.interval_ns) as u64);
         (t < self.end_ns).then_some(t)
     }
 
@@ -165,6 +167,13 @@ mod tests {
         all.sort_unstable();
         let gaps: Vec<u64> = all.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.iter().all(|g| (999_000..=1_001_000).contains(g)));
+    }
+
+    #[test]
+    fn unbounded_end_does_not_overflow() {
+        let t = Timetable::new(5, 1000.0, u64::MAX, None);
+        assert_eq!(t.at(u64::MAX), None);
+        assert_eq!(t.at(2), Some(2_000_005));
     }
 
     #[test]

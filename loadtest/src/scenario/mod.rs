@@ -77,6 +77,9 @@ impl Env {
                 "% of a core",
             );
         }
+        if let Some(me) = crate::procstat::read(std::process::id()) {
+            report.value("tool peak rss", me.hwm_kb as f64 / 1024.0, "MB");
+        }
         print!("{}", report.to_table());
         if let Some(path) = &self.common.json {
             report.write_json(path)?;
