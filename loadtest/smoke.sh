@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Short runs of every scenario with --assert-zero-loss: a CI smoke test, not a benchmark
+# (no timing is asserted). Needs a running broker.
+#
+#   loadtest/smoke.sh [--port 1883] [--secret SECRET] [--raw-only] [--bin PATH]
+#
+# chatmq: `loadtest/smoke.sh --port 1883 --secret "$JWT_SECRET"`
+# any other MQTT broker: `loadtest/smoke.sh --port 1883 --raw-only`
+set -euo pipefail
+
+PORT=1883 SECRET="" RAW_ONLY=0 BIN=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --port) PORT="$2"; shift 2 ;;
+    --secret) SECRET="$2"; shift 2 ;;
+    --raw-only) RAW_ONLY=1; shift ;;
+    --bin) BIN="$2"; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$BIN" ]; then
+  cargo build -q -p chatmq-loadtest
+  BIN="${CARGO_TARGET_DIR:-target}/debug/chatmq-loadtest"
+fi
+
+run() {
+  echo "+ chatmq-loadtest $*" >&2
+  "$BIN" "$@" --port "$PORT" --quiet --assert-zero-loss
+}
+
+# On chatmq the raw clients log in as one user with a minted token; the broker must open
+# the topics to it, e.g. [[acl]] topic = "chatmq-lt/#", access = "readwrite".
+RAW_LOGIN=()
+if [ -n "$SECRET" ]; then RAW_LOGIN=(--username ltsmoke --secret "$SECRET"); fi
+for mode in p2p fan-in fan-out; do
+  run raw --mode "$mode" -n 3 --qos 1 --rate 300 --duration 2 "${RAW_LOGIN[@]}"
+done
+
+if [ "$RAW_ONLY" = 1 ]; then exit 0; fi
+if [ -z "$SECRET" ]; then echo "chat scenarios need --secret" >&2; exit 2; fi
+export CHATMQ_LOADTEST_SECRET="$SECRET"
+run dm --users 10 --rate 50 --duration 2 --receipt-every 5
+run group --groups 2 --members 12 --online 6 --senders 2 --add-batch 4 --rate 20 --duration 2
+run offline --users 10 --pending 5 --senders 3 --receipt-every 2 --drain 30
+run connect --connections 50 --rate 100 --hold 1 --subscribe
