@@ -157,6 +157,37 @@ async fn dm_is_acked_after_storing_and_delivered_to_both_sides() {
     b.stop().await;
 }
 
+// Multi-threaded, like the real broker: spawned send tasks really race there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_keep_the_senders_order() {
+    let b = Broker::start_with(|c| {
+        c.chat.rate_per_sec = 100_000.0;
+        c.chat.rate_burst = 100_000.0;
+    })
+    .await;
+    let mut alice = User::connect(&b, "alice", "a").await;
+    let mut bob = User::connect(&b, "bob", "b").await;
+    let n = 2000;
+    for i in 0..n {
+        alice.send(&format!("c{i}"), "u:bob", &format!("{i}")).await;
+    }
+    for i in 0..n {
+        let ack = alice.ack(&format!("c{i}")).await;
+        assert_eq!(ack["seq"], i + 1, "the i-th message sent gets seq i+1");
+    }
+    let mut texts = Vec::new();
+    while texts.len() < n as usize {
+        let m = bob.next_in("msg", 5).await.expect("delivery");
+        texts.push((m["seq"].as_u64().unwrap_or(0), text(&m).to_owned()));
+    }
+    texts.sort();
+    assert!(
+        texts.iter().all(|(seq, t)| t == &(seq - 1).to_string()),
+        "seq follows send order"
+    );
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn a_resent_cid_returns_the_original_ack_and_stores_nothing() {
     let b = Broker::start().await;

@@ -5,7 +5,7 @@ use super::codec::{Codec, CodecError, Frame, PublishHeader, ReplyProps, Version}
 use super::engine::GeneralLink;
 use super::registry::{ConnId, Delivery};
 use super::sessions::SavedSession;
-use super::{BrokerState, Client, Refusal};
+use super::{BrokerState, Client, Refusal, Turn};
 use crate::acl::{DenyReason, PublishRoute, SubscribeRoute, Who};
 use crate::auth::{unix_now, AuthError};
 use crate::metrics as m;
@@ -100,6 +100,7 @@ struct ChatJob {
     reply: ReplyProps,
     pkid: u16,
     qos: u8,
+    turn: Turn,
 }
 
 struct InboundTask {
@@ -437,6 +438,7 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         pending_unsubacks: VecDeque::new(),
         inbound: VecDeque::new(),
         parked: VecDeque::new(),
+        last_send: None,
         chat_qos2: HashSet::new(),
         inflight: HashSet::new(),
         next_pkid: ROUTER_PKIDS,
@@ -488,6 +490,8 @@ struct Conn {
     pending_unsubacks: VecDeque<PendingUnsubAck>,
     inbound: VecDeque<InboundTask>,
     parked: VecDeque<ChatJob>,
+    /// The turn the next send waits for.
+    last_send: Option<oneshot::Receiver<()>>,
     /// QoS 2 chat publishes answered with PUBREC, waiting for PUBREL.
     chat_qos2: HashSet<u16>,
     /// Packet ids of chat deliveries not yet acknowledged.
@@ -717,6 +721,14 @@ impl Conn {
                 };
                 metrics::counter!(m::MESSAGES, "plane" => "chat", "kind" => kind.as_str())
                     .increment(1);
+                // Sends are chained in arrival order (see `Turn`); other kinds run freely.
+                let turn = if kind == OutKind::Send {
+                    let (turn, next) = Turn::chained(self.last_send.take());
+                    self.last_send = Some(next);
+                    turn
+                } else {
+                    Turn::default()
+                };
                 let job = ChatJob {
                     client,
                     kind,
@@ -724,6 +736,7 @@ impl Conn {
                     reply: ReplyProps::from_props(props.as_ref()),
                     pkid: h.pkid,
                     qos: h.qos,
+                    turn,
                 };
                 if h.qos == 0 {
                     // Nothing to acknowledge (typing); the task runs on its own.
@@ -754,8 +767,10 @@ impl Conn {
             reply,
             pkid,
             qos,
+            turn,
         } = job;
-        let handle = tokio::spawn(async move { chat.publish(&client, kind, payload, reply).await });
+        let handle =
+            tokio::spawn(async move { chat.publish(&client, kind, payload, reply, turn).await });
         InboundTask { pkid, qos, handle }
     }
 

@@ -42,6 +42,45 @@ pub enum Refusal {
     Unspecified,
 }
 
+/// One link of a connection's chain of sends (see [`ChatPlane::publish`]). Dropping it passes
+/// the turn, so an early error never blocks the messages behind it.
+#[derive(Debug, Default)]
+pub struct Turn {
+    prev: Option<tokio::sync::oneshot::Receiver<()>>,
+    next: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// A turn that waits for `prev` (if any) and is followed by the returned receiver.
+    pub fn chained(
+        prev: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> (Turn, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Turn {
+                prev,
+                next: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    /// Waits until every earlier send of the connection has reached the store.
+    pub async fn wait(&mut self) {
+        if let Some(prev) = self.prev.take() {
+            // An error means the earlier send was dropped: its turn is over either way.
+            let _ = prev.await;
+        }
+    }
+
+    /// Lets the next send go.
+    pub fn pass(&mut self) {
+        if let Some(next) = self.next.take() {
+            let _ = next.send(());
+        }
+    }
+}
+
 /// What the connection layer asks of the chat layer.
 #[async_trait]
 pub trait ChatPlane: Send + Sync + 'static {
@@ -54,12 +93,16 @@ pub trait ChatPlane: Send + Sync + 'static {
     /// A publish on one of the user's own `out/` topics. Resolves once handled (for a send:
     /// durably stored and acknowledged on `in/ack`, or answered with an error there); the
     /// connection PUBACKs the client then.
+    /// `turn` orders the sends of one connection: the chat layer waits for it before it
+    /// hands a message to the store and passes it on right after, so a client's messages get
+    /// seqs in the order it published them while their commits still overlap.
     async fn publish(
         &self,
         client: &Client,
         topic: OutKind,
         payload: Bytes,
         reply: ReplyProps,
+        turn: Turn,
     ) -> Result<(), Refusal>;
 
     /// A 3.1.1 client published where it may not: it gets an `in/ack` error instead of the

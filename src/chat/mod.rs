@@ -9,7 +9,7 @@ pub mod rate;
 
 use crate::broker::codec::ReplyProps;
 use crate::broker::registry::{Delivery, Offer, Registry};
-use crate::broker::{ChatPlane, Client, Refusal};
+use crate::broker::{ChatPlane, Client, Refusal, Turn};
 use crate::config::Config;
 use crate::metrics as m;
 use crate::protocol::{
@@ -153,7 +153,7 @@ impl ChatService {
 
     // ---------------------------------------------------------------- send
 
-    async fn send(&self, client: &Client, payload: &[u8]) {
+    async fn send(&self, client: &Client, payload: &[u8], mut turn: Turn) {
         let received = Instant::now();
         let me = client.user.as_str();
         let req = match decode_send(payload, &self.limits) {
@@ -196,7 +196,16 @@ impl ChatService {
             reply_to: req.reply_to.map(|id| id.0),
         };
         let started = Instant::now();
-        let appended = self.store.append_message(msg).await;
+        // Store requests are queued in the order their futures are first polled: wait for the
+        // connection's earlier sends to be queued, queue this one, then let the next one go.
+        turn.wait().await;
+        let mut append = std::pin::pin!(self.store.append_message(msg));
+        let first_poll = futures_util::FutureExt::now_or_never(&mut append);
+        turn.pass();
+        let appended = match first_poll {
+            Some(done) => done,
+            None => append.await,
+        };
         metrics::histogram!(m::STORE_LATENCY, "op" => "append")
             .record(started.elapsed().as_secs_f64());
         let appended = match appended {
@@ -669,6 +678,7 @@ impl ChatPlane for ChatService {
         topic: OutKind,
         payload: Bytes,
         reply: ReplyProps,
+        turn: Turn,
     ) -> Result<(), Refusal> {
         if topic != OutKind::Typing && !self.messages.allow(&client.user) {
             let error = ChatError::rate_limited("too many messages; slow down");
@@ -693,7 +703,7 @@ impl ChatPlane for ChatService {
             return Err(Refusal::QuotaExceeded);
         }
         match topic {
-            OutKind::Send => self.send(client, &payload).await,
+            OutKind::Send => self.send(client, &payload, turn).await,
             OutKind::Receipt => self.receipt(client, &payload).await,
             OutKind::Typing => self.typing(client, &payload).await,
             OutKind::Rpc => self.rpc(client, &payload, reply).await,
