@@ -39,6 +39,8 @@ const MAX_INBOUND: usize = 256;
 const MAX_PARKED: usize = 4096;
 /// Our receive maximum towards 5.0 clients.
 const RECEIVE_MAXIMUM: u16 = 1024;
+/// Room made in the read buffer before each socket read.
+const READ_CHUNK: usize = 2048;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -145,8 +147,10 @@ where
         let mut io = Io {
             rd,
             wr,
-            rbuf: BytesMut::with_capacity(8 * 1024),
-            wbuf: BytesMut::with_capacity(8 * 1024),
+            // Idle connections are the common case (phones in the background): start small,
+            // grow with traffic, shrink again after bursts.
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: BytesMut::new(),
         };
         match connect(&mut io, conn_id, &state).await {
             Ok(Some(conn)) => {
@@ -174,16 +178,20 @@ struct Io<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.wr.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
-            // Keep the buffer from growing for good after one large burst.
-            if self.wbuf.capacity() > 1024 * 1024 {
-                self.wbuf = BytesMut::with_capacity(8 * 1024);
-            }
-        }
-        Ok(())
+        flush_buf(&mut self.wr, &mut self.wbuf).await
     }
+}
+
+/// Writes out and empties `buf`; a buffer that grew large in a burst is given back.
+async fn flush_buf<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut) -> std::io::Result<()> {
+    if !buf.is_empty() {
+        wr.write_all(buf).await?;
+        buf.clear();
+        if buf.capacity() > 256 * 1024 {
+            *buf = BytesMut::new();
+        }
+    }
+    Ok(())
 }
 
 /// Reads CONNECT, authenticates, answers CONNACK. `Ok(None)`: refused (CONNACK sent).
@@ -552,12 +560,14 @@ impl Conn {
         // Bytes of CONNECT's batch may already hold more packets.
         let mut close = self.parse(&mut io.rbuf).await.err();
         while close.is_none() {
-            io.wbuf.extend_from_slice(&self.wbuf);
-            self.wbuf.clear();
-            if io.flush().await.is_err() {
+            if flush_buf(&mut io.wr, &mut self.wbuf).await.is_err() {
                 close = Some(Close::Lost);
                 break;
             }
+            if io.rbuf.is_empty() && io.rbuf.capacity() > 64 * 1024 {
+                io.rbuf = BytesMut::with_capacity(READ_CHUNK);
+            }
+            io.rbuf.reserve(READ_CHUNK);
             let can_deliver = self.inflight.len() < self.window;
             let ka_deadline = keep_alive.map(|k| last_rx + k);
             let step: Result<(), Close> = tokio::select! {
@@ -595,8 +605,11 @@ impl Conn {
                 let _ = self.put(Packet::Disconnect(Disconnect { reason_code }, None));
             }
         }
-        io.wbuf.extend_from_slice(&self.wbuf);
-        let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            flush_buf(&mut io.wr, &mut self.wbuf),
+        )
+        .await;
         let _ = io.wr.shutdown().await;
         self.finish(close).await;
     }
