@@ -88,36 +88,47 @@ fn algorithm(a: JwtAlgorithm) -> Algorithm {
     }
 }
 
-fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|source| KeyError::Read {
-        path: path.display().to_string(),
-        source,
-    })
+/// The configured key material: the HS* secret, or the PEM file at `pem` (named in errors
+/// as `pem_key`).
+enum Material {
+    Secret(Vec<u8>),
+    Pem(Vec<u8>),
+}
+
+fn material(
+    cfg: &AuthConfig,
+    pem: Option<&std::path::Path>,
+    pem_key: &'static str,
+) -> Result<Material, KeyError> {
+    match cfg.algorithm {
+        JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512 => {
+            let secret = cfg
+                .secret
+                .as_deref()
+                .ok_or(KeyError::Missing("auth.secret"))?;
+            Ok(Material::Secret(secret.as_bytes().to_vec()))
+        }
+        _ => {
+            let path = pem.ok_or(KeyError::Missing(pem_key))?;
+            std::fs::read(path)
+                .map(Material::Pem)
+                .map_err(|source| KeyError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+        }
+    }
 }
 
 impl Authenticator {
     pub fn new(cfg: &AuthConfig) -> Result<Authenticator, KeyError> {
         let alg = algorithm(cfg.algorithm);
-        let key = match cfg.algorithm {
-            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512 => {
-                let secret = cfg
-                    .secret
-                    .as_deref()
-                    .ok_or(KeyError::Missing("auth.secret"))?;
-                DecodingKey::from_secret(secret.as_bytes())
-            }
-            other => {
-                let path = cfg
-                    .public_key_file
-                    .as_deref()
-                    .ok_or(KeyError::Missing("auth.public_key_file"))?;
-                let pem = read_pem(path)?;
-                match other {
-                    JwtAlgorithm::RS256 => DecodingKey::from_rsa_pem(&pem)?,
-                    JwtAlgorithm::ES256 => DecodingKey::from_ec_pem(&pem)?,
-                    _ => DecodingKey::from_ed_pem(&pem)?,
-                }
-            }
+        let source = material(cfg, cfg.public_key_file.as_deref(), "auth.public_key_file")?;
+        let key = match (source, cfg.algorithm) {
+            (Material::Secret(s), _) => DecodingKey::from_secret(&s),
+            (Material::Pem(pem), JwtAlgorithm::RS256) => DecodingKey::from_rsa_pem(&pem)?,
+            (Material::Pem(pem), JwtAlgorithm::ES256) => DecodingKey::from_ec_pem(&pem)?,
+            (Material::Pem(pem), _) => DecodingKey::from_ed_pem(&pem)?,
         };
         // `Validation::new` pins the algorithm: a token whose header names any other
         // algorithm (including `none`) is refused before its signature is looked at.
@@ -178,25 +189,16 @@ pub fn mint(cfg: &AuthConfig, user: &str, ttl: Duration) -> Result<String, KeyEr
         aud: cfg.audience.clone(),
     };
     let alg = algorithm(cfg.algorithm);
-    let key = match cfg.algorithm {
-        JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512 => {
-            let secret = cfg
-                .secret
-                .as_deref()
-                .ok_or(KeyError::Missing("auth.secret"))?;
-            EncodingKey::from_secret(secret.as_bytes())
-        }
-        other => {
-            let path = cfg.private_key_file.as_deref().ok_or(KeyError::Missing(
-                "auth.private_key_file (needed to mint tokens with an asymmetric algorithm)",
-            ))?;
-            let pem = read_pem(path)?;
-            match other {
-                JwtAlgorithm::RS256 => EncodingKey::from_rsa_pem(&pem)?,
-                JwtAlgorithm::ES256 => EncodingKey::from_ec_pem(&pem)?,
-                _ => EncodingKey::from_ed_pem(&pem)?,
-            }
-        }
+    let source = material(
+        cfg,
+        cfg.private_key_file.as_deref(),
+        "auth.private_key_file (needed to mint tokens with an asymmetric algorithm)",
+    )?;
+    let key = match (source, cfg.algorithm) {
+        (Material::Secret(s), _) => EncodingKey::from_secret(&s),
+        (Material::Pem(pem), JwtAlgorithm::RS256) => EncodingKey::from_rsa_pem(&pem)?,
+        (Material::Pem(pem), JwtAlgorithm::ES256) => EncodingKey::from_ec_pem(&pem)?,
+        (Material::Pem(pem), _) => EncodingKey::from_ed_pem(&pem)?,
     };
     Ok(jsonwebtoken::encode(&Header::new(alg), &claims, &key)?)
 }
@@ -295,6 +297,40 @@ mod tests {
             auth.verify("alice", &format!("{header}.{body}.")),
             Err(AuthError::BadToken)
         );
+    }
+
+    #[test]
+    fn es256_with_pem_keys() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pair = rcgen::KeyPair::generate().expect("P-256 key");
+        let (public, private) = (dir.path().join("pub.pem"), dir.path().join("key.pem"));
+        std::fs::write(&public, pair.public_key_pem()).expect("write");
+        std::fs::write(&private, pair.serialize_pem()).expect("write");
+        let c = AuthConfig {
+            algorithm: JwtAlgorithm::ES256,
+            public_key_file: Some(public),
+            private_key_file: Some(private),
+            ..AuthConfig::default()
+        };
+        let auth = Authenticator::new(&c).expect("auth");
+        let t = mint(&c, "alice", Duration::from_secs(60)).expect("mint");
+        assert_eq!(auth.verify("alice", &t).map(|i| i.user), Ok("alice".into()));
+        // An HS256 token signed with anything is refused: the algorithm is pinned.
+        let hs = sign(
+            &serde_json::json!({"sub": "alice", "exp": unix_now() + 60}),
+            "x",
+            Algorithm::HS256,
+        );
+        assert_eq!(auth.verify("alice", &hs), Err(AuthError::BadToken));
+        // A missing key file is named.
+        let broken = AuthConfig {
+            public_key_file: Some(dir.path().join("nope.pem")),
+            ..c
+        };
+        assert!(matches!(
+            Authenticator::new(&broken),
+            Err(KeyError::Read { .. })
+        ));
     }
 
     #[test]

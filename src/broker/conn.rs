@@ -111,15 +111,28 @@ struct InboundTask {
     handle: JoinHandle<Result<(), Refusal>>,
 }
 
-struct PendingSubAck {
+/// A SUBACK/UNSUBACK waiting for the engine's part: `None` slots are the filters sent to the
+/// engine, filled from its answer in order.
+struct PendingAck<T> {
     pkid: u16,
-    /// `None` slots are filled from the engine's SUBACK, in order.
-    codes: Vec<Option<SubscribeReasonCode>>,
+    codes: Vec<Option<T>>,
 }
 
-struct PendingUnsubAck {
+/// Merges the engine's codes for packet `pkid` into our pending answer (if we have one).
+fn merge_pending<T: Copy>(
+    pending: &mut VecDeque<PendingAck<T>>,
     pkid: u16,
-    reasons: Vec<Option<UnsubAckReason>>,
+    engine: Vec<T>,
+    missing: T,
+) -> Vec<T> {
+    let Some(i) = pending.iter().position(|p| p.pkid == pkid) else {
+        return engine;
+    };
+    let ours = pending.remove(i).map(|p| p.codes).unwrap_or_default();
+    let mut engine = engine.into_iter();
+    ours.into_iter()
+        .map(|c| c.unwrap_or_else(|| engine.next().unwrap_or(missing)))
+        .collect()
 }
 
 struct Will {
@@ -494,8 +507,8 @@ struct Conn {
     link: Option<GeneralLink>,
     general_filters: HashSet<String>,
     chat_filters: Vec<String>,
-    pending_subacks: VecDeque<PendingSubAck>,
-    pending_unsubacks: VecDeque<PendingUnsubAck>,
+    pending_subacks: VecDeque<PendingAck<SubscribeReasonCode>>,
+    pending_unsubacks: VecDeque<PendingAck<UnsubAckReason>>,
     inbound: VecDeque<InboundTask>,
     parked: VecDeque<ChatJob>,
     /// The turn the next send waits for.
@@ -956,7 +969,7 @@ impl Conn {
                 None,
             ))?;
         } else {
-            self.pending_subacks.push_back(PendingSubAck {
+            self.pending_subacks.push_back(PendingAck {
                 pkid: s.pkid,
                 codes,
             });
@@ -1038,9 +1051,9 @@ impl Conn {
                 None,
             ))
         } else {
-            self.pending_unsubacks.push_back(PendingUnsubAck {
+            self.pending_unsubacks.push_back(PendingAck {
                 pkid: u.pkid,
-                reasons,
+                codes: reasons,
             });
             self.send_to_engine(Packet::Unsubscribe(
                 Unsubscribe {
@@ -1083,27 +1096,12 @@ impl Conn {
             }
             Notification::DeviceAck(ack) => match Packet::from(ack) {
                 Packet::SubAck(s, props) => {
-                    let codes = match self.pending_subacks.iter().position(|p| p.pkid == s.pkid) {
-                        Some(i) => {
-                            let pending = self
-                                .pending_subacks
-                                .remove(i)
-                                .map(|p| p.codes)
-                                .unwrap_or_default();
-                            let mut from_engine = s.return_codes.into_iter();
-                            pending
-                                .into_iter()
-                                .map(|c| {
-                                    c.unwrap_or_else(|| {
-                                        from_engine
-                                            .next()
-                                            .unwrap_or(SubscribeReasonCode::Unspecified)
-                                    })
-                                })
-                                .collect()
-                        }
-                        None => s.return_codes,
-                    };
+                    let codes = merge_pending(
+                        &mut self.pending_subacks,
+                        s.pkid,
+                        s.return_codes,
+                        SubscribeReasonCode::Unspecified,
+                    );
                     self.put(Packet::SubAck(
                         SubAck {
                             pkid: s.pkid,
@@ -1113,26 +1111,12 @@ impl Conn {
                     ))
                 }
                 Packet::UnsubAck(u, props) => {
-                    let reasons = match self.pending_unsubacks.iter().position(|p| p.pkid == u.pkid)
-                    {
-                        Some(i) => {
-                            let pending = self
-                                .pending_unsubacks
-                                .remove(i)
-                                .map(|p| p.reasons)
-                                .unwrap_or_default();
-                            let mut from_engine = u.reasons.into_iter();
-                            pending
-                                .into_iter()
-                                .map(|r| {
-                                    r.unwrap_or_else(|| {
-                                        from_engine.next().unwrap_or(UnsubAckReason::Success)
-                                    })
-                                })
-                                .collect()
-                        }
-                        None => u.reasons,
-                    };
+                    let reasons = merge_pending(
+                        &mut self.pending_unsubacks,
+                        u.pkid,
+                        u.reasons,
+                        UnsubAckReason::Success,
+                    );
                     self.put(Packet::UnsubAck(
                         UnsubAck {
                             pkid: u.pkid,
@@ -1295,5 +1279,30 @@ fn packet_kind(p: &Packet) -> &'static str {
         Packet::PingReq(_) => "pingreq",
         Packet::PingResp(_) => "pingresp",
         Packet::Disconnect(..) => "disconnect",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_codes_fill_the_pending_slots_in_order() {
+        let mut pending = VecDeque::from([PendingAck {
+            pkid: 7,
+            codes: vec![Some(1u8), None, Some(3), None],
+        }]);
+        assert_eq!(
+            merge_pending(&mut pending, 7, vec![20, 40], 0),
+            vec![1, 20, 3, 40]
+        );
+        assert!(pending.is_empty());
+        // An answer we were not waiting for passes through; a short one is padded.
+        assert_eq!(merge_pending(&mut pending, 9, vec![5], 0), vec![5]);
+        pending.push_back(PendingAck {
+            pkid: 1,
+            codes: vec![None, None],
+        });
+        assert_eq!(merge_pending(&mut pending, 1, vec![2], 0), vec![2, 0]);
     }
 }
