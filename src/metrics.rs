@@ -26,23 +26,27 @@ pub const DELIVERIES_DROPPED: &str = "chatmq_deliveries_dropped_total";
 pub const STORE_LATENCY: &str = "chatmq_store_latency_seconds";
 /// Histogram: send received → delivery queued to the recipient's connection, seconds.
 pub const DELIVERY_LATENCY: &str = "chatmq_delivery_latency_seconds";
-/// Gauge: undelivered DMs of the users that connected since start (updated on push).
-pub const PENDING_OFFLINE: &str = "chatmq_pending_offline_messages";
+/// Histogram: undelivered DMs found when a device subscribes to its inbox (the offline
+/// backlog it is about to receive).
+pub const OFFLINE_BACKLOG: &str = "chatmq_offline_backlog_messages";
+/// Counter: offline DMs pushed to devices.
+pub const OFFLINE_PUSHED: &str = "chatmq_offline_pushed_total";
 /// Counter, label `code`: chat errors answered to clients.
 pub const CHAT_ERRORS: &str = "chatmq_chat_errors_total";
 
-/// Installs the process-wide recorder. Safe to call more than once (tests start several
-/// brokers in one process): later calls return a handle to a fresh, uninstalled recorder.
+/// Installs the process-wide recorder once and returns its handle. Later calls (tests start
+/// several brokers in one process) share it.
 pub fn install() -> PrometheusHandle {
     let builder = || {
+        let seconds = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0,
+        ];
+        let counts = [0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0];
+        // Only an empty bucket list is refused; these are constants.
         PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Suffix("_seconds".into()),
-                &[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0,
-                ],
-            )
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_messages".into()), &counts))
             .unwrap_or_else(|_| PrometheusBuilder::new())
     };
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();

@@ -606,10 +606,21 @@ async fn http_endpoints() {
         s.read_to_string(&mut out).await.expect("read");
         out
     };
-    let _c = v4_user(b.port, &b, "alice", "m").await;
+    let mut c = v4_user(b.port, &b, "alice", "m").await;
+    c.client
+        .subscribe("iot/alice/m", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    v4_suback(&mut c).await;
     assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
     assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
     let metrics = get("/metrics").await;
-    assert!(metrics.contains("chatmq_connects_total"), "{metrics}");
+    for name in [
+        "chatmq_connects_total",
+        "chatmq_connections",
+        "chatmq_packets_received_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from {metrics}");
+    }
     b.stop().await;
 }

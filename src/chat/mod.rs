@@ -606,6 +606,12 @@ impl ChatService {
         let page = self.offline_page;
         let mut after = 0u64;
         let mut pushed = 0u64;
+        if let Ok(backlog) = self.store.pending_count(&client.user).await {
+            metrics::histogram!(m::OFFLINE_BACKLOG).record(backlog as f64);
+            if backlog == 0 {
+                return;
+            }
+        }
         loop {
             // Flow control: wait until a whole page fits in the connection's queue.
             let mut waited = Duration::ZERO;
@@ -648,6 +654,7 @@ impl ChatService {
             }
         }
         if pushed > 0 {
+            metrics::counter!(m::OFFLINE_PUSHED).increment(pushed);
             debug!(pushed, "offline messages pushed");
         }
     }
