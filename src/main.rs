@@ -96,8 +96,10 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 
 fn init_tracing(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    // rumqttd logs every connect/disconnect of its links at info: keep it at warn unless
+    // RUST_LOG asks for more.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},rumqttd=warn", cfg.log.level)));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if cfg.log.format == "json" {
         builder.json().init();
