@@ -505,32 +505,20 @@ fn connect_packet(user: &str, token: &str, id: &str) -> Vec<u8> {
     v
 }
 
-#[tokio::test]
-async fn random_bytes_after_connect_close_only_that_connection() {
-    use rand::{Rng, SeedableRng};
-    let b = Broker::start().await;
-    let token = b.token("fuzz");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+/// Opens one raw TCP connection per entry of `sessions`, `concurrency` at a time: writes the
+/// bytes, waits up to `read_ms` for an answer, closes.
+async fn raw_sessions(port: u16, sessions: Vec<Vec<u8>>, concurrency: usize, read_ms: u64) {
     let mut tasks = Vec::new();
-    for i in 0..2000u32 {
-        let len = rng.random_range(1..200);
-        let mut junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-        // Half of the cases start with a plausible packet type so the parsers get exercised.
-        if i % 2 == 0 {
-            junk[0] = (rng.random_range(0u8..16) << 4) | (junk[0] & 0x0F);
-        }
-        let hello = connect_packet("fuzz", &token, &format!("f{i}"));
-        let port = b.port;
+    for bytes in sessions {
         tasks.push(tokio::spawn(async move {
             let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
                 return;
             };
-            let _ = s.write_all(&hello).await;
-            let _ = s.write_all(&junk).await;
+            let _ = s.write_all(&bytes).await;
             let mut buf = [0u8; 256];
-            let _ = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(read_ms), s.read(&mut buf)).await;
         }));
-        if tasks.len() >= 100 {
+        if tasks.len() >= concurrency {
             for t in tasks.drain(..) {
                 let _ = t.await;
             }
@@ -539,6 +527,28 @@ async fn random_bytes_after_connect_close_only_that_connection() {
     for t in tasks {
         let _ = t.await;
     }
+}
+
+#[tokio::test]
+async fn random_bytes_after_connect_close_only_that_connection() {
+    use rand::{Rng, SeedableRng};
+    let b = Broker::start().await;
+    let token = b.token("fuzz");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let sessions: Vec<Vec<u8>> = (0..2000u32)
+        .map(|i| {
+            let len = rng.random_range(1..200);
+            let mut junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            // Half of the cases start with a plausible packet type so the parsers get exercised.
+            if i % 2 == 0 {
+                junk[0] = (rng.random_range(0u8..16) << 4) | (junk[0] & 0x0F);
+            }
+            let mut bytes = connect_packet("fuzz", &token, &format!("f{i}"));
+            bytes.extend_from_slice(&junk);
+            bytes
+        })
+        .collect();
+    raw_sessions(b.port, sessions, 100, 300).await;
     // The listener still serves, and chat and general planes still work.
     let mut c = v4_user(b.port, &b, "alice", "after-fuzz").await;
     c.client
@@ -558,27 +568,10 @@ async fn random_bytes_after_connect_close_only_that_connection() {
 async fn two_thousand_duplicate_client_id_reconnects_leave_the_listener_serving() {
     let b = Broker::start().await;
     let token = b.token("dup");
-    let mut tasks = Vec::new();
-    for i in 0..2000u32 {
-        let hello = connect_packet("dup", &token, &format!("same-{}", i % 20));
-        let port = b.port;
-        tasks.push(tokio::spawn(async move {
-            let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-                return;
-            };
-            let _ = s.write_all(&hello).await;
-            let mut buf = [0u8; 64];
-            let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
-        }));
-        if tasks.len() >= 200 {
-            for t in tasks.drain(..) {
-                let _ = t.await;
-            }
-        }
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
+    let sessions = (0..2000u32)
+        .map(|i| connect_packet("dup", &token, &format!("same-{}", i % 20)))
+        .collect();
+    raw_sessions(b.port, sessions, 200, 200).await;
     let mut c = v4_user(b.port, &b, "dup", "same-1").await;
     c.client
         .subscribe("iot/dup/x", QoS::AtLeastOnce)
