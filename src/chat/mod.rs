@@ -185,6 +185,12 @@ impl ChatService {
                 Err(e) => return self.ack_error(me, cid, e).await,
             }
         }
+        let body = encode_body(&req.body);
+        // Store requests are queued in the order their futures are first polled: wait for the
+        // connection's earlier sends to be queued, queue this one, then let the next one go.
+        // The id is taken inside the turn too, so ids follow seqs within a conversation.
+        turn.wait().await;
+        let started = Instant::now();
         let ts = now_ms();
         let msg = NewMessage {
             id: self.ids.next(ts),
@@ -192,13 +198,9 @@ impl ChatService {
             from: me.to_owned(),
             ts,
             cid: req.cid.clone(),
-            body: encode_body(&req.body),
+            body,
             reply_to: req.reply_to.map(|id| id.0),
         };
-        let started = Instant::now();
-        // Store requests are queued in the order their futures are first polled: wait for the
-        // connection's earlier sends to be queued, queue this one, then let the next one go.
-        turn.wait().await;
         let mut append = std::pin::pin!(self.store.append_message(msg));
         let first_poll = futures_util::FutureExt::now_or_never(&mut append);
         turn.pass();
