@@ -617,3 +617,104 @@ async fn http_endpoints() {
     }
     b.stop().await;
 }
+
+#[tokio::test]
+async fn v5_topic_aliases_are_resolved_before_the_acl() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let b = Broker::start().await;
+    let mut sub = v4_user(b.port, &b, "carol", "c").await;
+    sub.client
+        .subscribe("public/alias", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    v4_suback(&mut sub).await;
+    let p = v5_user(b.port, &b, "erin", "e5").await;
+    let alias = |a| PublishProperties {
+        topic_alias: Some(a),
+        ..Default::default()
+    };
+    p.client
+        .publish_with_properties(
+            "public/alias",
+            Q5::AtLeastOnce,
+            false,
+            b"one".to_vec(),
+            alias(1),
+        )
+        .await
+        .expect("pub");
+    p.client
+        .publish_with_properties("", Q5::AtLeastOnce, false, b"two".to_vec(), alias(1))
+        .await
+        .expect("pub");
+    let first = v4_publish_on(&mut sub, "public/alias", 5)
+        .await
+        .expect("first");
+    let second = v4_publish_on(&mut sub, "public/alias", 5)
+        .await
+        .expect("second, by alias");
+    assert_eq!(
+        (&first.payload[..], &second.payload[..]),
+        (&b"one"[..], &b"two"[..])
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn persistent_sessions_keep_subscriptions_across_reconnects() {
+    let b = Broker::start().await;
+    let token = b.token("alice");
+    let opts = || {
+        let mut o = v4_options(b.port, "tablet", Some(("alice", &token)));
+        o.set_clean_session(false);
+        o
+    };
+    let mut c = v4_connect(opts());
+    assert!(
+        matches!(next(&mut c.rx, 5).await, Some(Got::Packet(Packet::ConnAck(a))) if !a.session_present)
+    );
+    c.client
+        .subscribe("iot/alice/cmd", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    v4_suback(&mut c).await;
+    c.client
+        .subscribe("chat/u/alice/in/#", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    v4_suback(&mut c).await;
+    c.client.disconnect().await.expect("disconnect");
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = v4_connect(opts());
+    assert!(
+        matches!(next(&mut c.rx, 5).await, Some(Got::Packet(Packet::ConnAck(a))) if a.session_present)
+    );
+    // No new SUBSCRIBE: both planes still deliver.
+    let other = v4_user(b.port, &b, "alice", "phone").await;
+    other
+        .client
+        .publish("iot/alice/cmd", QoS::AtLeastOnce, false, b"on".to_vec())
+        .await
+        .expect("pub");
+    assert!(
+        v4_publish_on(&mut c, "iot/alice/cmd", 5).await.is_some(),
+        "general plane subscription kept"
+    );
+    let send = msgpack(
+        &serde_json::json!({"cid": "p1", "to": "u:bob", "body": {"type": "text", "text": "hi"}}),
+    );
+    other
+        .client
+        .publish("chat/u/alice/out/send", QoS::AtLeastOnce, false, send)
+        .await
+        .expect("pub");
+    assert!(
+        v4_publish_on(&mut c, "chat/u/alice/in/msg", 5)
+            .await
+            .is_some(),
+        "chat subscription kept"
+    );
+    b.stop().await;
+}
