@@ -525,7 +525,7 @@ const SCALE: i32 = 2;
 fn chart(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (W as u32, H as u32)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (l, r, t, b) = (110, W - 30, 60, H - 90);
+    let (l, r, t, b) = (110, W - 50, 60, H - 90);
     let xmax = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
@@ -657,14 +657,13 @@ fn text(
                 if bits & (1 << col) == 0 {
                     continue;
                 }
-                let (gx, gy) = ((i as i32 * 8 + col) * SCALE, row as i32 * SCALE);
-                let (px, py) = if vertical { (x + gy, y - gx) } else { (x + gx, y + gy) };
-                let (px2, py2) = if vertical {
-                    (px + SCALE - 1, py - SCALE + 1)
-                } else {
-                    (px + SCALE - 1, py + SCALE - 1)
-                };
-                root.draw(&Rectangle::new([(px, py), (px2, py2)], color.filled()))?;
+                for sy in 0..SCALE {
+                    for sx in 0..SCALE {
+                        let (gx, gy) = ((i as i32 * 8 + col) * SCALE + sx, row as i32 * SCALE + sy);
+                        let p = if vertical { (x + gy, y - gx) } else { (x + gx, y + gy) };
+                        root.draw_pixel(p, &color)?;
+                    }
+                }
             }
         }
     }
