@@ -31,6 +31,8 @@ pub enum Scenario {
     Offline(OfflineArgs),
     /// Connections at a target rate, held idle: connections/s and memory per connection.
     Connect(ConnectArgs),
+    /// Chat: fill conversations with many messages, then time `history` pages at random anchors.
+    History(HistoryArgs),
 }
 
 /// Flags every scenario has.
@@ -303,4 +305,54 @@ pub struct ConnectArgs {
     #[arg(long)]
     #[serde(skip)]
     pub password: Option<String>,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub auth: ChatAuth,
+    /// Messages to store in the fill phase (spread evenly over the conversations).
+    #[arg(long, short = 'M', default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// DM conversations: sender `{prefix}s{c mod S}` with peer `{prefix}p{c}`.
+    #[arg(long, short = 'c', default_value_t = 100)]
+    pub convs: usize,
+    /// Sender connections of the fill phase; they are also the readers of the query phase.
+    #[arg(long, short = 's', default_value_t = 10)]
+    pub senders: usize,
+    /// Sends in flight per sender during the fill (each waits for its sent ack).
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Seconds allowed for the fill (sending and all acks); the run stops there.
+    #[arg(long, default_value_t = 120.0)]
+    pub fill_timeout: f64,
+    /// Don't fill: query conversations an earlier run (same --tag/--user-prefix, --convs
+    /// and --senders) filled.
+    #[arg(long)]
+    pub skip_fill: bool,
+    /// Deterministic user ids: prefix `lth-{tag}` (so a later run can find the conversations).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// `history` requests to time.
+    #[arg(long, short = 'k', default_value_t = 2_000)]
+    pub queries: u64,
+    /// Requests per second on an open-loop timetable; 0 = one at a time.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Messages per page (1..=100).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u64,
+    /// Seconds the query phase may last at most.
+    #[arg(long, short = 'd', default_value_t = 60.0)]
+    pub duration: f64,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 10.0)]
+    pub rpc_timeout: f64,
+    /// Text bytes per stored message.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
 }

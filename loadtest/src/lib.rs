@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - `cli`       the flags of every scenario (clap)
-//! - `scenario`  one module per scenario (`raw`, `dm`, `group`, `offline`, `connect`) and the
+//! - `scenario`  one module per scenario (`raw`, `dm`, `group`, `offline`, `connect`,
+//!   `history`) and the
 //!   setup they share (`Env`, opening many connections)
 //! - `conn`      the target (loopback guard, client options) and one MQTT connection run by its
 //!   own task, handing what arrives to a scenario's handler
@@ -37,5 +38,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Scenario::Group(a) => scenario::group::run(a).await,
         Scenario::Offline(a) => scenario::offline::run(a).await,
         Scenario::Connect(a) => scenario::connect::run(a).await,
+        Scenario::History(a) => scenario::history::run(a).await,
     }
 }

@@ -3,6 +3,7 @@
 pub mod connect;
 pub mod dm;
 pub mod group;
+pub mod history;
 pub mod offline;
 pub mod raw;
 
