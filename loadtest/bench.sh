@@ -213,7 +213,7 @@ if want dm; then
   # Max sustained persisted throughput: raise the offered rate until a run no longer keeps up
   # (achieved < 95 % of offered, any loss, or p99 send → delivered over 1 s).
   best=0
-  for rate in 1000 2000 4000 6000 8000 10000 12000 15000 18000 22000 26000 30000; do
+  for rate in 1000 2000 3000 4000 5000 6000 7000 8000 10000 12000 15000 18000 22000 26000 30000; do
     lt "sweep-dm-$rate" dm -u "$DM_USERS" --rate "$rate" --duration "$DM_D" --drain 15 \
       --port "$MQTT_PORT" --broker-pid "$CHATMQ_PID"
     if sustained "sweep-dm-$rate"; then best=$rate; else break; fi
@@ -252,7 +252,7 @@ if want connect; then
       echo "$c $n $FD_LIMIT" >"$OUT/json/connect-capped.txt"
     fi
     start_chatmq 0.0.0.0
-    lt "connect-$c" connect -c "$n" --rate 0 --hold 10 --subscribe --host "$hosts" \
+    lt "connect-$n" connect -c "$n" --rate 0 --hold 10 --subscribe --host "$hosts" \
       --connect-concurrency 256 --port "$MQTT_PORT" --broker-pid "$CHATMQ_PID"
     stop_chatmq
   done
@@ -261,8 +261,9 @@ fi
 # ---------------------------------------------------------------------------------------------
 if want offline; then
   start_chatmq
+  # 1,000,000 messages pile up at the persisted rate: this run is longer than the others.
   lt offline offline -u "$OFF_U" -P "$OFF_P" --senders 50 --receipt-every 50 \
-    --send-timeout 120 --drain 120 --port "$MQTT_PORT" --broker-pid "$CHATMQ_PID"
+    --send-timeout 240 --drain 180 --port "$MQTT_PORT" --broker-pid "$CHATMQ_PID"
   stop_chatmq
 fi
 
