@@ -394,41 +394,60 @@ struct Series {
     label: String,
     color: RGBColor,
     dashed: bool,
+    /// Points only, no line (runs that are not part of the sweep).
+    markers: bool,
     points: Vec<(f64, f64)>,
 }
 
 fn plot_dm(runs: &Runs, path: &Path) -> anyhow::Result<()> {
-    let mut pts: Vec<(f64, f64, f64)> = runs
-        .iter()
-        .filter(|(k, _)| k.starts_with("sweep-dm-") || k.starts_with("dm-at-"))
-        .filter_map(|(_, j)| {
-            Some((
-                fig(j, "offered rate")?,
-                lat(j, "send → delivered", "p50_ms")?,
-                lat(j, "send → delivered", "p99_ms")?,
-            ))
-        })
-        .collect();
-    if pts.is_empty() {
+    let points = |prefix: &str| {
+        let mut pts: Vec<(f64, f64, f64)> = runs
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(_, j)| {
+                Some((
+                    fig(j, "offered rate")?,
+                    lat(j, "send → delivered", "p50_ms")?,
+                    lat(j, "send → delivered", "p99_ms")?,
+                ))
+            })
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        pts
+    };
+    let sweep = points("sweep-dm-");
+    let at = points("dm-at-");
+    if sweep.is_empty() && at.is_empty() {
         return Ok(());
     }
-    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
     let blue = RGBColor(31, 119, 180);
-    let series = vec![
+    let orange = RGBColor(255, 127, 14);
+    let mut series = vec![
         Series {
-            label: "p50 send -> delivered".into(),
+            label: "p50 send -> delivered (sweep, 10 s runs)".into(),
             color: blue,
             dashed: false,
-            points: pts.iter().map(|p| (p.0, p.1)).collect(),
+            markers: false,
+            points: sweep.iter().map(|p| (p.0, p.1)).collect(),
         },
         Series {
-            label: "p99 send -> delivered".into(),
+            label: "p99 send -> delivered (sweep)".into(),
             color: blue,
             dashed: true,
-            points: pts.iter().map(|p| (p.0, p.2)).collect(),
+            markers: false,
+            points: sweep.iter().map(|p| (p.0, p.2)).collect(),
         },
     ];
-    chart(path, "chatmq dm: latency vs offered load", &series)
+    if !at.is_empty() {
+        series.push(Series {
+            label: "p50 / p99 at 25/50/75 % of max (20 s runs)".into(),
+            color: orange,
+            dashed: false,
+            markers: true,
+            points: at.iter().flat_map(|p| [(p.0, p.1), (p.0, p.2)]).collect(),
+        });
+    }
+    chart(path, "chatmq dm, 200 users: latency vs offered load", &series)
 }
 
 fn plot_raw(runs: &Runs, path: &Path) -> anyhow::Result<()> {
@@ -457,12 +476,14 @@ fn plot_raw(runs: &Runs, path: &Path) -> anyhow::Result<()> {
             label: format!("{broker} p50"),
             color,
             dashed: false,
+            markers: false,
             points: pts.iter().map(|p| (p.0, p.1)).collect(),
         });
         series.push(Series {
             label: format!("{broker} p99"),
             color,
             dashed: true,
+            markers: false,
             points: pts.iter().map(|p| (p.0, p.2)).collect(),
         });
     }
@@ -581,7 +602,9 @@ fn chart(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()> {
     for s in series {
         let pts: Vec<(i32, i32)> = s.points.iter().map(|&(x, y)| (px(x), py(y))).collect();
         let style = s.color.stroke_width(3);
-        if s.dashed {
+        if s.markers {
+            // points only
+        } else if s.dashed {
             for w in pts.windows(2) {
                 dashed(&root, w[0], w[1], s.color)?;
             }
@@ -589,14 +612,16 @@ fn chart(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()> {
             root.draw(&PathElement::new(pts.clone(), style))?;
         }
         for &(x, y) in &pts {
-            root.draw(&Circle::new((x, y), 5, s.color.filled()))?;
+            root.draw(&Circle::new((x, y), if s.markers { 7 } else { 5 }, s.color.filled()))?;
         }
     }
     // legend, top left inside the plot
     let mut ly = t + 12;
     for s in series {
         let (x0, x1) = (l + 16, l + 56);
-        if s.dashed {
+        if s.markers {
+            root.draw(&Circle::new(((x0 + x1) / 2, ly + 8), 6, s.color.filled()))?;
+        } else if s.dashed {
             dashed(&root, (x0, ly + 8), (x1, ly + 8), s.color)?;
         } else {
             root.draw(&PathElement::new(
@@ -712,6 +737,7 @@ mod tests {
             label: "p50".into(),
             color: RGBColor(0, 0, 255),
             dashed: true,
+            markers: false,
             points: vec![(1000.0, 0.5), (5000.0, 2.0), (9000.0, 80.0)],
         }];
         chart(&p, "test", &s).unwrap();
