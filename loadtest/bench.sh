@@ -12,8 +12,8 @@
 #      and max_connections, an [[acl]] rule opening the raw scenario's `chatmq-lt/#`,
 #      SQLite in a temp dir) — runs the scenarios one at a time (each run ≤ ~60 s), writes
 #      every run's JSON to DIR/json, and stops what it started (trap, also on error/Ctrl-C);
-#   5. runs `chatmq-bench-report DIR` which writes DIR/tables.md (the tables of BENCHMARKS.md)
-#      and the PNG plots into docs/bench/.
+#   5. runs `chatmq-bench-report report DIR` which writes DIR/tables.md (the tables of
+#      BENCHMARKS.md) and the PNG plots (into docs/bench/, or DIR when --out is given).
 #
 # --quick shrinks every size (a minute or two, for checking the script, not for the report).
 # Environment: BENCH_MOSQ_PORT (18830), BENCH_MQTT_PORT (18831), BENCH_HTTP_PORT (18832).
@@ -23,11 +23,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="$ROOT/docs/bench/results"
+PLOTS="$ROOT/docs/bench"
 ONLY="raw,dm,group,connect,offline,history"
 QUICK=0 REPORT=1
 while [ $# -gt 0 ]; do
   case "$1" in
-    --out) OUT="$2"; shift 2 ;;
+    --out) OUT="$2"; PLOTS="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --no-report) REPORT=0; shift ;;
@@ -75,8 +76,16 @@ stop_pid() {
   fi
   wait "$pid" 2>/dev/null || true
 }
-stop_mosquitto() { stop_pid "$MOSQ_PID"; MOSQ_PID=""; }
-stop_chatmq() { stop_pid "$CHATMQ_PID"; CHATMQ_PID=""; }
+# Broker logs are kept (warnings only; the last 300 lines) beside the JSON: drops show there
+# (Mosquitto: "Outgoing messages are being dropped"; rumqttd: "Read cursor start jumped").
+SECTION="setup"
+keep_log() { # file name
+  [ -f "$1" ] || return 0
+  mkdir -p "$OUT/logs"
+  sed 's/\x1b\[[0-9;]*m//g' "$1" | tail -n 300 >"$OUT/logs/$SECTION-$2.log" || true
+}
+stop_mosquitto() { stop_pid "$MOSQ_PID"; MOSQ_PID=""; keep_log "$WORK/mosquitto.log" mosquitto; }
+stop_chatmq() { stop_pid "$CHATMQ_PID"; CHATMQ_PID=""; keep_log "$WORK/chatmq.log" chatmq; }
 cleanup() {
   local rc=$?
   stop_mosquitto
@@ -183,6 +192,7 @@ RAW_N=10
 
 # ---------------------------------------------------------------------------------------------
 if want raw; then
+  SECTION=raw
   start_mosquitto
   start_chatmq
   for broker in mosquitto chatmq; do
@@ -209,11 +219,12 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 if want dm; then
+  SECTION=dm
   start_chatmq
   # Max sustained persisted throughput: raise the offered rate until a run no longer keeps up
   # (achieved < 95 % of offered, any loss, or p99 send → delivered over 1 s).
   best=0
-  for rate in 1000 2000 4000 6000 8000 10000 12000 15000 18000 22000 26000 30000; do
+  for rate in 1000 2000 3000 4000 5000 6000 7000 8000 10000 12000 15000 18000 22000 26000 30000; do
     lt "sweep-dm-$rate" dm -u "$DM_USERS" --rate "$rate" --duration "$DM_D" --drain 15 \
       --port "$MQTT_PORT" --broker-pid "$CHATMQ_PID"
     if sustained "sweep-dm-$rate"; then best=$rate; else break; fi
@@ -232,6 +243,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 if want group; then
+  SECTION=group
   start_chatmq
   lt group group -g 1 -m "$GROUP_M" -o "$GROUP_O" -s 1 --count 5 --rate 0.5 --duration 12 \
     --add-batch 500 --drain 30 --port "$MQTT_PORT" --broker-pid "$CHATMQ_PID"
@@ -240,6 +252,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 if want connect; then
+  SECTION=connect
   # Beyond ~28k connections from one address the tool needs several loopback addresses, and
   # both processes need the file descriptors: the largest count is capped by the fd limit.
   hosts="127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4"
@@ -252,7 +265,7 @@ if want connect; then
       echo "$c $n $FD_LIMIT" >"$OUT/json/connect-capped.txt"
     fi
     start_chatmq 0.0.0.0
-    lt "connect-$c" connect -c "$n" --rate 0 --hold 10 --subscribe --host "$hosts" \
+    lt "connect-$n" connect -c "$n" --rate 0 --hold 10 --subscribe --host "$hosts" \
       --connect-concurrency 256 --port "$MQTT_PORT" --broker-pid "$CHATMQ_PID"
     stop_chatmq
   done
@@ -260,14 +273,17 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 if want offline; then
+  SECTION=offline
   start_chatmq
+  # 1,000,000 messages pile up at the persisted rate: this run is longer than the others.
   lt offline offline -u "$OFF_U" -P "$OFF_P" --senders 50 --receipt-every 50 \
-    --send-timeout 120 --drain 120 --port "$MQTT_PORT" --broker-pid "$CHATMQ_PID"
+    --send-timeout 240 --drain 180 --port "$MQTT_PORT" --broker-pid "$CHATMQ_PID"
   stop_chatmq
 fi
 
 # ---------------------------------------------------------------------------------------------
 if want history; then
+  SECTION=history
   start_chatmq
   tag="bench$$"
   filled=0 i=0
@@ -298,6 +314,6 @@ fi
 
 if [ "$REPORT" = 1 ]; then
   log "report"
-  "$REPORTER" report "$OUT" --plots "$ROOT/docs/bench"
-  log "tables in $OUT/tables.md, plots in docs/bench/"
+  "$REPORTER" report "$OUT" --plots "$PLOTS"
+  log "tables in $OUT/tables.md, plots in $PLOTS"
 fi

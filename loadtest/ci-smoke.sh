@@ -94,15 +94,12 @@ if [ -z "$MQTT_PORT" ] || [ -z "$HTTP_PORT" ]; then
   echo "no usable 'chatmq ready' line within 30 s:" >&2
   exit 1
 fi
-# /readyz, with bash's /dev/tcp (no curl needed).
+# /readyz, with bash's /dev/tcp (no curl needed), in a subshell so no redirection sticks.
 ready=0
 for _ in $(seq 1 100); do
-  if exec 3<>"/dev/tcp/127.0.0.1/$HTTP_PORT" 2>/dev/null; then
-    printf 'GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
-    status="$(head -n1 <&3 || true)"
-    exec 3<&- 3>&-
-    case "$status" in *" 200"*) ready=1; break ;; esac
-  fi
+  status="$( (exec 3<>"/dev/tcp/127.0.0.1/$HTTP_PORT" &&
+    printf 'GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 && head -n1 <&3) 2>/dev/null || true)"
+  case "$status" in *" 200"*) ready=1; break ;; esac
   sleep 0.1
 done
 [ "$ready" = 1 ] || { echo "/readyz never answered 200" >&2; exit 1; }

@@ -33,15 +33,15 @@ run() {
 
 # On chatmq the raw clients log in as one user with a minted token; the broker must open
 # the topics to it, e.g. [[acl]] topic = "chatmq-lt/#", access = "readwrite".
+# The secret goes through the environment (CHATMQ_LOADTEST_SECRET), not the command line.
 RAW_LOGIN=()
-if [ -n "$SECRET" ]; then RAW_LOGIN=(--username ltsmoke --secret "$SECRET"); fi
+if [ -n "$SECRET" ]; then export CHATMQ_LOADTEST_SECRET="$SECRET"; RAW_LOGIN=(--username ltsmoke); fi
 for mode in p2p fan-in fan-out; do
   run raw --mode "$mode" -n 3 --qos 1 --rate 300 --duration 2 "${RAW_LOGIN[@]}"
 done
 
 if [ "$RAW_ONLY" = 1 ]; then exit 0; fi
 if [ -z "$SECRET" ]; then echo "chat scenarios need --secret" >&2; exit 2; fi
-export CHATMQ_LOADTEST_SECRET="$SECRET"
 run dm --users 10 --rate 50 --duration 2 --receipt-every 5
 run group --groups 2 --members 12 --online 6 --senders 2 --add-batch 4 --rate 20 --duration 2
 run offline --users 10 --pending 5 --senders 3 --receipt-every 2 --drain 30

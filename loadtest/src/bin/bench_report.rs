@@ -94,9 +94,10 @@ pub fn sustained(j: &Value) -> (bool, String) {
     let acked = fig(j, "acked rate").unwrap_or(0.0);
     let p99 = lat(j, "send → delivered", "p99_ms").unwrap_or(f64::INFINITY);
     let zero = j["zero_loss"].as_bool().unwrap_or(false);
-    let timed_out = j["notes"]
-        .as_array()
-        .is_some_and(|n| n.iter().any(|s| s.as_str().is_some_and(|s| s.contains("timed out"))));
+    let timed_out = j["notes"].as_array().is_some_and(|n| {
+        n.iter()
+            .any(|s| s.as_str().is_some_and(|s| s.contains("timed out")))
+    });
     let mut why = Vec::new();
     if !zero {
         why.push("loss, duplicates or unacked sends".to_string());
@@ -147,7 +148,11 @@ fn raw_cells(j: Option<&Value>) -> [String; 6] {
         (Some(s), Some(a)) => format!(" ({} unacked)", n0(Some(s - a))),
         _ => String::new(),
     };
-    let unacked = if unacked == " (0 unacked)" { String::new() } else { unacked };
+    let unacked = if unacked == " (0 unacked)" {
+        String::new()
+    } else {
+        unacked
+    };
     [
         n0(fig(j, "achieved send rate")),
         n0(raw_tput(j)),
@@ -177,7 +182,9 @@ fn tables(runs: &Runs, dir: &Path) -> String {
              latency = publish due → delivery, ms. Ratio = chatmq dlv/s ÷ Mosquitto dlv/s.\n\n",
         );
         o.push_str("| mode | QoS | rate | Mosq pub/s | Mosq dlv/s | Mosq lost | Mosq dup | Mosq p50 | Mosq p99 | chatmq pub/s | chatmq dlv/s | chatmq lost | chatmq dup | chatmq p50 | chatmq p99 | ratio |\n");
-        o.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        o.push_str(
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
         for mode in ["p2p", "fan-in", "fan-out"] {
             for qos in [0, 1] {
                 for kind in ["fixed", "max"] {
@@ -203,7 +210,11 @@ fn tables(runs: &Runs, dir: &Path) -> String {
                     let _ = writeln!(
                         o,
                         "| {mode} | {qos} | {rate} | {} | {ratio} |",
-                        mc.iter().chain(cc.iter()).cloned().collect::<Vec<_>>().join(" | ")
+                        mc.iter()
+                            .chain(cc.iter())
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(" | ")
                     );
                 }
             }
@@ -259,7 +270,11 @@ fn tables(runs: &Runs, dir: &Path) -> String {
                 ms(lat(j, "send → delivered", "p999_ms")),
                 ms(lat(j, "send → delivered", "max_ms")),
                 n0(j["broker"]["cpu_avg_pct"].as_f64()),
-                if ok { "yes".to_string() } else { format!("no: {why}") }
+                if ok {
+                    "yes".to_string()
+                } else {
+                    format!("no: {why}")
+                }
             );
         }
         o.push('\n');
@@ -286,8 +301,10 @@ fn tables(runs: &Runs, dir: &Path) -> String {
     }
 
     // 4. connect
-    let conns: Vec<(&String, &Value)> =
-        runs.iter().filter(|(k, _)| k.starts_with("connect-")).collect();
+    let conns: Vec<(&String, &Value)> = runs
+        .iter()
+        .filter(|(k, _)| k.starts_with("connect-"))
+        .collect();
     if !conns.is_empty() {
         o.push_str("### 4. connect (JWT, subscribed, held idle 10 s)\n\n");
         o.push_str("| asked | connected | failed | conn/s | connect p50 | p99 | RSS before (MB) | RSS idle (MB) | RSS per idle conn (KB) | dropped idle |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -310,7 +327,11 @@ fn tables(runs: &Runs, dir: &Path) -> String {
             );
         }
         if let Some(c) = txt("connect-capped.txt") {
-            let _ = writeln!(o, "\nCapped (asked, tried, open-file limit): `{}`", c.trim());
+            let _ = writeln!(
+                o,
+                "\nCapped (asked, tried, open-file limit): `{}`",
+                c.trim()
+            );
         }
         o.push('\n');
     }
@@ -350,7 +371,9 @@ fn tables(runs: &Runs, dir: &Path) -> String {
         let time: f64 = fills.iter().filter_map(|f| fig(f, "fill time")).sum();
         let errs: f64 = fills
             .iter()
-            .map(|f| fig(f, "fill ack errors").unwrap_or(0.0) + fig(f, "fill unacked").unwrap_or(0.0))
+            .map(|f| {
+                fig(f, "fill ack errors").unwrap_or(0.0) + fig(f, "fill unacked").unwrap_or(0.0)
+            })
             .sum();
         if time > 0.0 {
             let _ = writeln!(
@@ -364,7 +387,11 @@ fn tables(runs: &Runs, dir: &Path) -> String {
             );
         }
         if let Some(b) = txt("history-store-bytes.txt").and_then(|s| s.trim().parse::<f64>().ok()) {
-            let _ = writeln!(o, "Store on disk after the run: {:.0} MiB.\n", b / 1048576.0);
+            let _ = writeln!(
+                o,
+                "Store on disk after the run: {:.0} MiB.\n",
+                b / 1048576.0
+            );
         }
         o.push_str("| stored | convs | pages | failed | wrong | pages/s | p50 | p90 | p99 | p99.9 | max |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let l = |q| ms(lat(j, "history page", q));
@@ -394,41 +421,64 @@ struct Series {
     label: String,
     color: RGBColor,
     dashed: bool,
+    /// Points only, no line (runs that are not part of the sweep).
+    markers: bool,
     points: Vec<(f64, f64)>,
 }
 
 fn plot_dm(runs: &Runs, path: &Path) -> anyhow::Result<()> {
-    let mut pts: Vec<(f64, f64, f64)> = runs
-        .iter()
-        .filter(|(k, _)| k.starts_with("sweep-dm-") || k.starts_with("dm-at-"))
-        .filter_map(|(_, j)| {
-            Some((
-                fig(j, "offered rate")?,
-                lat(j, "send → delivered", "p50_ms")?,
-                lat(j, "send → delivered", "p99_ms")?,
-            ))
-        })
-        .collect();
-    if pts.is_empty() {
+    let points = |prefix: &str| {
+        let mut pts: Vec<(f64, f64, f64)> = runs
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(_, j)| {
+                Some((
+                    fig(j, "offered rate")?,
+                    lat(j, "send → delivered", "p50_ms")?,
+                    lat(j, "send → delivered", "p99_ms")?,
+                ))
+            })
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        pts
+    };
+    let sweep = points("sweep-dm-");
+    let at = points("dm-at-");
+    if sweep.is_empty() && at.is_empty() {
         return Ok(());
     }
-    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
     let blue = RGBColor(31, 119, 180);
-    let series = vec![
+    let orange = RGBColor(255, 127, 14);
+    let mut series = vec![
         Series {
-            label: "p50 send -> delivered".into(),
+            label: "p50 send -> delivered (sweep, 10 s runs)".into(),
             color: blue,
             dashed: false,
-            points: pts.iter().map(|p| (p.0, p.1)).collect(),
+            markers: false,
+            points: sweep.iter().map(|p| (p.0, p.1)).collect(),
         },
         Series {
-            label: "p99 send -> delivered".into(),
+            label: "p99 send -> delivered (sweep)".into(),
             color: blue,
             dashed: true,
-            points: pts.iter().map(|p| (p.0, p.2)).collect(),
+            markers: false,
+            points: sweep.iter().map(|p| (p.0, p.2)).collect(),
         },
     ];
-    chart(path, "chatmq dm: latency vs offered load", &series)
+    if !at.is_empty() {
+        series.push(Series {
+            label: "p50 / p99 at 25/50/75 % of max (20 s runs)".into(),
+            color: orange,
+            dashed: false,
+            markers: true,
+            points: at.iter().flat_map(|p| [(p.0, p.1), (p.0, p.2)]).collect(),
+        });
+    }
+    chart(
+        path,
+        "chatmq dm, 200 users: latency vs offered load",
+        &series,
+    )
 }
 
 fn plot_raw(runs: &Runs, path: &Path) -> anyhow::Result<()> {
@@ -457,19 +507,25 @@ fn plot_raw(runs: &Runs, path: &Path) -> anyhow::Result<()> {
             label: format!("{broker} p50"),
             color,
             dashed: false,
+            markers: false,
             points: pts.iter().map(|p| (p.0, p.1)).collect(),
         });
         series.push(Series {
             label: format!("{broker} p99"),
             color,
             dashed: true,
+            markers: false,
             points: pts.iter().map(|p| (p.0, p.2)).collect(),
         });
     }
     if series.is_empty() {
         return Ok(());
     }
-    chart(path, "raw p2p QoS 1, 10 pairs: latency vs offered load", &series)
+    chart(
+        path,
+        "raw p2p QoS 1, 10 pairs: latency vs offered load",
+        &series,
+    )
 }
 
 /// Nice tick values for a linear axis from 0 to `max`.
@@ -571,7 +627,10 @@ fn chart(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()> {
             }
         }
     }
-    root.draw(&PathElement::new(vec![(l, t), (l, b), (r, b)], ink.stroke_width(2)))?;
+    root.draw(&PathElement::new(
+        vec![(l, t), (l, b), (r, b)],
+        ink.stroke_width(2),
+    ))?;
     text(&root, title, (W - text_w(title)) / 2, 18, ink, false)?;
     let xl = "offered load (messages/s)";
     text(&root, xl, (l + r - text_w(xl)) / 2, H - 40, ink, false)?;
@@ -581,7 +640,9 @@ fn chart(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()> {
     for s in series {
         let pts: Vec<(i32, i32)> = s.points.iter().map(|&(x, y)| (px(x), py(y))).collect();
         let style = s.color.stroke_width(3);
-        if s.dashed {
+        if s.markers {
+            // points only
+        } else if s.dashed {
             for w in pts.windows(2) {
                 dashed(&root, w[0], w[1], s.color)?;
             }
@@ -589,14 +650,20 @@ fn chart(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()> {
             root.draw(&PathElement::new(pts.clone(), style))?;
         }
         for &(x, y) in &pts {
-            root.draw(&Circle::new((x, y), 5, s.color.filled()))?;
+            root.draw(&Circle::new(
+                (x, y),
+                if s.markers { 7 } else { 5 },
+                s.color.filled(),
+            ))?;
         }
     }
     // legend, top left inside the plot
     let mut ly = t + 12;
     for s in series {
         let (x0, x1) = (l + 16, l + 56);
-        if s.dashed {
+        if s.markers {
+            root.draw(&Circle::new(((x0 + x1) / 2, ly + 8), 6, s.color.filled()))?;
+        } else if s.dashed {
             dashed(&root, (x0, ly + 8), (x1, ly + 8), s.color)?;
         } else {
             root.draw(&PathElement::new(
@@ -660,7 +727,11 @@ fn text(
                 for sy in 0..SCALE {
                     for sx in 0..SCALE {
                         let (gx, gy) = ((i as i32 * 8 + col) * SCALE + sx, row as i32 * SCALE + sy);
-                        let p = if vertical { (x + gy, y - gx) } else { (x + gx, y + gy) };
+                        let p = if vertical {
+                            (x + gy, y - gx)
+                        } else {
+                            (x + gx, y + gy)
+                        };
                         root.draw_pixel(p, &color)?;
                     }
                 }
@@ -677,7 +748,10 @@ mod tests {
 
     #[test]
     fn ticks() {
-        assert_eq!(linear_ticks(10_000.0), vec![0.0, 2000.0, 4000.0, 6000.0, 8000.0, 10000.0]);
+        assert_eq!(
+            linear_ticks(10_000.0),
+            vec![0.0, 2000.0, 4000.0, 6000.0, 8000.0, 10000.0]
+        );
         assert_eq!(*linear_ticks(23_000.0).last().unwrap(), 25_000.0);
         assert_eq!(log_ticks(0.3, 45.0), vec![0.1, 1.0, 10.0, 100.0]);
         assert_eq!(fmt_tick(2500.0), "2.5k");
@@ -712,6 +786,7 @@ mod tests {
             label: "p50".into(),
             color: RGBColor(0, 0, 255),
             dashed: true,
+            markers: false,
             points: vec![(1000.0, 0.5), (5000.0, 2.0), (9000.0, 80.0)],
         }];
         chart(&p, "test", &s).unwrap();

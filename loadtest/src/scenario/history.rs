@@ -213,7 +213,11 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
             "history, {} messages over {} conversations{}, {} queries{}, limit {}",
             args.messages,
             args.convs,
-            if args.skip_fill { " (fill skipped)" } else { "" },
+            if args.skip_fill {
+                " (fill skipped)"
+            } else {
+                ""
+            },
             args.queries,
             if args.rate > 0.0 {
                 format!(" at {}/s", args.rate)
@@ -246,8 +250,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
             tasks.push(tokio::spawn(async move {
                 for (n, c) in plan.into_iter().enumerate() {
                     let wait = Duration::from_nanos(deadline.saturating_sub(clock.now_ns()));
-                    let Ok(Ok(permit)) = tokio::time::timeout(wait, window.acquire()).await
-                    else {
+                    let Ok(Ok(permit)) = tokio::time::timeout(wait, window.acquire()).await else {
                         break;
                     };
                     permit.forget();
@@ -285,7 +288,12 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
         let fill_end = clock.now_ns();
         fill_unacked = boxes
             .iter()
-            .map(|b| b.lock().unwrap_or_else(PoisonError::into_inner).pending.len() as u64)
+            .map(|b| {
+                b.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pending
+                    .len() as u64
+            })
             .sum();
         let span = fill_end.saturating_sub(fill_start);
         r.count("fill messages asked", args.messages);
@@ -339,7 +347,8 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
     if queryable.is_empty() {
         drop(_progress);
         close_all(conns).await;
-        r.notes.push("no conversation holds messages: nothing to query".into());
+        r.notes
+            .push("no conversation holds messages: nothing to query".into());
         r.unacked = fill_unacked + stats.ack_errors.get() + head_errors + 1;
         return env.finish(r);
     }
@@ -462,7 +471,11 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
     r.count("pages answered", done.get());
     r.count("pages failed (error or timeout)", failed.get());
     r.count("pages with wrong content", bad.get());
-    r.rate("query rate", per_s(done.get() + failed.get(), q_span), "pages/s");
+    r.rate(
+        "query rate",
+        per_s(done.get() + failed.get(), q_span),
+        "pages/s",
+    );
     r.count("dropped connections", dropped);
     r.tally(
         "failed pages by error",
@@ -474,7 +487,11 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
             .collect(),
     );
     r.latency("history page", latency.total().summary());
-    if let Some(e) = first_bad.lock().unwrap_or_else(PoisonError::into_inner).take() {
+    if let Some(e) = first_bad
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
         r.notes.push(format!("first wrong page: {e}"));
     }
     if issued < args.queries {
@@ -504,7 +521,11 @@ fn on_ack(payload: &[u8], now: u64, fill: &Mutex<FillBox>, stats: &ChatStats) {
     };
     if let Some(e) = a.error {
         stats.ack_errors.inc();
-        stats.error(if e.code.is_empty() { "unknown" } else { &e.code });
+        stats.error(if e.code.is_empty() {
+            "unknown"
+        } else {
+            &e.code
+        });
         return;
     }
     stats.acked.inc();
@@ -534,7 +555,10 @@ mod tests {
             }
         }
         // 1,003 over 10: three conversations get one more.
-        assert_eq!(per_conv, vec![101, 101, 101, 100, 100, 100, 100, 100, 100, 100]);
+        assert_eq!(
+            per_conv,
+            vec![101, 101, 101, 100, 100, 100, 100, 100, 100, 100]
+        );
         // Round robin: a sender never sends twice in a row to one conversation when it owns more.
         assert_ne!(plans[0][0], plans[0][1]);
     }
