@@ -1158,7 +1158,7 @@ impl Conn {
             pkid
         };
         let publish = super::codec::publish(&d.topic, &d.payload, d.qos.min(1), pkid, d.retain);
-        let props = if self.v5 { d.props } else { None };
+        let props = if self.v5 { d.props.map(|p| *p) } else { None };
         self.put(Packet::Publish(publish, props))
     }
 

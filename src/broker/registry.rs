@@ -24,8 +24,10 @@ pub struct Delivery {
     /// 0 or 1.
     pub qos: u8,
     pub retain: bool,
-    /// 5.0 properties (correlation data of an rpc answer); dropped for 3.1.1 clients.
-    pub props: Option<PublishProperties>,
+    /// 5.0 properties (correlation data of an rpc answer); dropped for 3.1.1 clients. Boxed:
+    /// every connection's queue allocates its first block of slots up front, so the size of a
+    /// `Delivery` is paid per idle connection.
+    pub props: Option<Box<PublishProperties>>,
 }
 
 impl Delivery {
@@ -477,6 +479,16 @@ mod tests {
         );
         let (first, _rx) = consumer.await.expect("consumer");
         assert!(first.is_some());
+    }
+
+    #[test]
+    fn deliveries_stay_small() {
+        // Each connection's queue allocates a block of 32 slots up front.
+        assert!(
+            std::mem::size_of::<Delivery>() <= 80,
+            "{}",
+            std::mem::size_of::<Delivery>()
+        );
     }
 
     #[test]

@@ -364,10 +364,10 @@ impl ChatService {
         };
         let mut d = Delivery::qos1(topic, payload);
         if client.v5 && reply.correlation_data.is_some() {
-            d.props = Some(rumqttd::protocol::PublishProperties {
+            d.props = Some(Box::new(rumqttd::protocol::PublishProperties {
                 correlation_data: reply.correlation_data,
                 ..Default::default()
-            });
+            }));
         }
         if self
             .registry
