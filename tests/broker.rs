@@ -130,12 +130,8 @@ async fn client_id_takeover_stays_within_a_user() {
     let mut a1 = v4_user(b.port, &b, "alice", "phone").await;
     // Bob using the same client id is a different session: alice stays connected.
     let _bob = v4_user(b.port, &b, "bob", "phone").await;
-    a1.client
-        .subscribe("iot/alice/x", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
     assert!(matches!(
-        v4_suback(&mut a1).await[..],
+        v4_subscribe(&mut a1, "iot/alice/x").await[..],
         [SubscribeReasonCode::Success(_)]
     ));
     // Alice again with the same id takes over her own session.
@@ -153,19 +149,10 @@ async fn acl_table_both_sides_v4() {
     let b = Broker::start().await;
     let mut alice = v4_user(b.port, &b, "alice", "a").await;
     let mut bob = v4_user(b.port, &b, "bob", "b").await;
-    bob.client
-        .subscribe("chat/u/bob/in/#", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    v4_suback(&mut bob).await;
+    v4_subscribe(&mut bob, "chat/u/bob/in/#").await;
     let filters = SUBSCRIBE_TABLE;
     for (f, ok) in filters {
-        alice
-            .client
-            .subscribe(f, QoS::AtLeastOnce)
-            .await
-            .expect("sub");
-        let codes = v4_suback(&mut alice).await;
+        let codes = v4_subscribe(&mut alice, f).await;
         let granted = matches!(codes[..], [SubscribeReasonCode::Success(_)]);
         assert_eq!(granted, ok, "{f}: {codes:?}");
     }
@@ -228,11 +215,7 @@ async fn acl_table_v5_reason_codes() {
     let b = Broker::start().await;
     let mut alice = v5_user(b.port, &b, "alice", "a5").await;
     let mut bob = v4_user(b.port, &b, "bob", "b").await;
-    bob.client
-        .subscribe("chat/u/bob/in/#", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    v4_suback(&mut bob).await;
+    v4_subscribe(&mut bob, "chat/u/bob/in/#").await;
     for (f, ok) in SUBSCRIBE_TABLE {
         alice
             .client
@@ -309,11 +292,7 @@ async fn v5_user_properties_reach_a_v4_subscriber_on_the_general_plane() {
     use rumqttc::v5::mqttbytes::QoS as Q5;
     let b = Broker::start().await;
     let mut sub4 = v4_user(b.port, &b, "carol", "c4").await;
-    sub4.client
-        .subscribe("public/news", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    v4_suback(&mut sub4).await;
+    v4_subscribe(&mut sub4, "public/news").await;
     let mut sub5 = v5_user(b.port, &b, "dave", "d5").await;
     sub5.client
         .subscribe("public/news", Q5::AtLeastOnce)
@@ -362,12 +341,7 @@ async fn v5_user_properties_reach_a_v4_subscriber_on_the_general_plane() {
 async fn will_is_published_on_unclean_disconnect_only() {
     let b = Broker::start().await;
     let mut watcher = v4_user(b.port, &b, "alice", "watch").await;
-    watcher
-        .client
-        .subscribe("iot/alice/status", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    v4_suback(&mut watcher).await;
+    v4_subscribe(&mut watcher, "iot/alice/status").await;
     // Clean DISCONNECT: no will.
     let token = b.token("alice");
     let mut o = v4_options(b.port, "dev-clean", Some(("alice", &token)));
@@ -435,11 +409,7 @@ async fn retained_wildcards_and_shared_subscriptions_via_the_engine() {
     let mut w1 = v4_user(b.port, &b, "w1", "w1").await;
     let mut w2 = v4_user(b.port, &b, "w2", "w2").await;
     for w in [&mut w1, &mut w2] {
-        w.client
-            .subscribe("$share/workers/public/jobs", QoS::AtLeastOnce)
-            .await
-            .expect("sub");
-        v4_suback(w).await;
+        v4_subscribe(w, "$share/workers/public/jobs").await;
     }
     for i in 0..10 {
         p.client
@@ -551,11 +521,7 @@ async fn random_bytes_after_connect_close_only_that_connection() {
     raw_sessions(b.port, sessions, 100, 300).await;
     // The listener still serves, and chat and general planes still work.
     let mut c = v4_user(b.port, &b, "alice", "after-fuzz").await;
-    c.client
-        .subscribe("iot/alice/ok", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    v4_suback(&mut c).await;
+    v4_subscribe(&mut c, "iot/alice/ok").await;
     c.client
         .publish("iot/alice/ok", QoS::AtLeastOnce, false, b"y".to_vec())
         .await
@@ -573,12 +539,8 @@ async fn two_thousand_duplicate_client_id_reconnects_leave_the_listener_serving(
         .collect();
     raw_sessions(b.port, sessions, 200, 200).await;
     let mut c = v4_user(b.port, &b, "dup", "same-1").await;
-    c.client
-        .subscribe("iot/dup/x", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
     assert!(matches!(
-        v4_suback(&mut c).await[..],
+        v4_subscribe(&mut c, "iot/dup/x").await[..],
         [SubscribeReasonCode::Success(_)]
     ));
     b.stop().await;
@@ -600,11 +562,7 @@ async fn http_endpoints() {
         out
     };
     let mut c = v4_user(b.port, &b, "alice", "m").await;
-    c.client
-        .subscribe("iot/alice/m", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    v4_suback(&mut c).await;
+    v4_subscribe(&mut c, "iot/alice/m").await;
     assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
     assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
     let metrics = get("/metrics").await;
@@ -624,11 +582,7 @@ async fn v5_topic_aliases_are_resolved_before_the_acl() {
     use rumqttc::v5::mqttbytes::QoS as Q5;
     let b = Broker::start().await;
     let mut sub = v4_user(b.port, &b, "carol", "c").await;
-    sub.client
-        .subscribe("public/alias", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    v4_suback(&mut sub).await;
+    v4_subscribe(&mut sub, "public/alias").await;
     let p = v5_user(b.port, &b, "erin", "e5").await;
     let alias = |a| PublishProperties {
         topic_alias: Some(a),
@@ -674,16 +628,8 @@ async fn persistent_sessions_keep_subscriptions_across_reconnects() {
     assert!(
         matches!(next(&mut c.rx, 5).await, Some(Got::Packet(Packet::ConnAck(a))) if !a.session_present)
     );
-    c.client
-        .subscribe("iot/alice/cmd", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    v4_suback(&mut c).await;
-    c.client
-        .subscribe("chat/u/alice/in/#", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    v4_suback(&mut c).await;
+    v4_subscribe(&mut c, "iot/alice/cmd").await;
+    v4_subscribe(&mut c, "chat/u/alice/in/#").await;
     c.client.disconnect().await.expect("disconnect");
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -24,11 +24,7 @@ struct User {
 impl User {
     async fn connect(b: &Broker, name: &str, device: &str) -> User {
         let mut c = v4_user(b.port, b, name, device).await;
-        c.client
-            .subscribe(format!("chat/u/{name}/in/#"), QoS::AtLeastOnce)
-            .await
-            .expect("sub");
-        v4_suback(&mut c).await;
+        v4_subscribe(&mut c, &format!("chat/u/{name}/in/#")).await;
         User {
             name: name.to_owned(),
             c,
@@ -103,13 +99,8 @@ impl User {
     }
 
     async fn subscribe(&mut self, filter: &str) -> bool {
-        self.c
-            .client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("sub");
         matches!(
-            v4_suback(&mut self.c).await[..],
+            v4_subscribe(&mut self.c, filter).await[..],
             [rumqttc::SubscribeReasonCode::Success(_)]
         )
     }

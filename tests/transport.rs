@@ -18,11 +18,7 @@ async fn chat_round_trip(b: &Broker, opts_for: impl Fn(&str, &str, &str) -> rumq
         ),
         "bob connects"
     );
-    bob.client
-        .subscribe("chat/u/bob/in/#", QoS::AtLeastOnce)
-        .await
-        .expect("sub");
-    v4_suback(&mut bob).await;
+    v4_subscribe(&mut bob, "chat/u/bob/in/#").await;
     let mut alice = v4_connect(opts_for("alice-dev", "alice", &ta));
     assert!(
         matches!(

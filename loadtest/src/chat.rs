@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use crate::cli::ChatAuth;
 use crate::conn::{Conn, ConnectFailure, Inbound, Target};
 use crate::protocol::{self, RpcResponse, SentAck};
-use crate::rate::Clock;
+use crate::rate::{Clock, Timetable};
 use crate::scenario::open_many;
 use crate::stats::{id_key, Counter, SharedLatency};
 use crate::token::TokenSource;
@@ -105,6 +105,55 @@ pub async fn send_text(
         .publish(protocol::send_topic(me), QoS::AtLeastOnce, false, payload)
         .await?;
     Ok(())
+}
+
+/// One sender of an open-loop scenario: publishes text messages from `me` to `to` at the times
+/// of `table`, each stamped with its due time (latency is measured from it) and recorded in
+/// `outbox` before it is sent.
+pub struct TimedSender {
+    pub clock: Clock,
+    pub table: Timetable,
+    pub client: AsyncClient,
+    pub me: String,
+    /// `u:{user}` or `g:{gid}`.
+    pub to: String,
+    pub outbox: Arc<Mutex<Outbox>>,
+    pub sent: Counter,
+    pub run: u32,
+    /// This sender's index in the stamp.
+    pub sender: u32,
+    /// Text size in bytes.
+    pub size: usize,
+}
+
+impl TimedSender {
+    /// Sends until the timetable ends or a publish fails.
+    pub async fn run(self) {
+        let mut n = 0u64;
+        while let Some(due) = self.table.at(n) {
+            self.clock.sleep_until(due).await;
+            let cid = format!("{n}");
+            let stamp = protocol::TextStamp {
+                run: self.run,
+                sender: self.sender,
+                n,
+                due_ns: due,
+            };
+            let text = stamp.encode(self.size);
+            self.outbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .expect(cid.clone(), due, 0);
+            if send_text(&self.client, &self.me, self.to.clone(), cid, text)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            self.sent.inc();
+            n += 1;
+        }
+    }
 }
 
 /// Publishes a cumulative `delivered` receipt without waiting (receipts are cumulative, so

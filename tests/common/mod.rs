@@ -263,6 +263,15 @@ pub async fn v4_publish_on(c: &mut V4, topic: &str, secs: u64) -> Option<rumqttc
     }
 }
 
+/// Subscribes at QoS 1 and returns the SUBACK's codes.
+pub async fn v4_subscribe(c: &mut V4, filter: &str) -> Vec<rumqttc::SubscribeReasonCode> {
+    c.client
+        .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    v4_suback(c).await
+}
+
 pub async fn v4_suback(c: &mut V4) -> Vec<rumqttc::SubscribeReasonCode> {
     match wait_for(&mut c.rx, 5, |g| {
         matches!(g, Got::Packet(rumqttc::Packet::SubAck(_)))

@@ -116,38 +116,21 @@ pub async fn run(args: DmArgs) -> anyhow::Result<i32> {
     let offered: u64 = tables.iter().map(Timetable::len).sum();
     let mut tasks = Vec::with_capacity(args.users);
     for (i, table) in tables.into_iter().enumerate() {
-        let client = conns[i].client.clone();
-        let me = users[i].clone();
-        let to = format!("u:{}", users[peer[i]]);
-        let outbox = outboxes[i].clone();
-        let sent = stats.sent.clone();
-        let size = args.size;
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while let Some(due) = table.at(n) {
-                clock.sleep_until(due).await;
-                let cid = format!("{n}");
-                let text = TextStamp {
-                    run,
-                    sender: i as u32,
-                    n,
-                    due_ns: due,
-                }
-                .encode(size);
-                outbox
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .expect(cid.clone(), due, 0);
-                if chat::send_text(&client, &me, to.clone(), cid, text)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                sent.inc();
-                n += 1;
+        tasks.push(tokio::spawn(
+            chat::TimedSender {
+                clock,
+                table,
+                client: conns[i].client.clone(),
+                me: users[i].clone(),
+                to: format!("u:{}", users[peer[i]]),
+                outbox: outboxes[i].clone(),
+                sent: stats.sent.clone(),
+                run,
+                sender: i as u32,
+                size: args.size,
             }
-        }));
+            .run(),
+        ));
     }
     for t in tasks {
         let _ = t.await;

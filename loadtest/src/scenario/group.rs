@@ -236,38 +236,21 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<i32> {
     let offered: u64 = tables.iter().map(Timetable::len).sum();
     let mut tasks = Vec::new();
     for (&i, table) in senders.iter().zip(tables) {
-        let client = conns[i].client.clone();
-        let me = users[i].clone();
-        let to = format!("g:{}", gids[i / online]);
-        let outbox = outboxes[i].clone();
-        let sent = stats.sent.clone();
-        let size = args.size;
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while let Some(due) = table.at(n) {
-                clock.sleep_until(due).await;
-                let cid = format!("{n}");
-                let text = TextStamp {
-                    run,
-                    sender: i as u32,
-                    n,
-                    due_ns: due,
-                }
-                .encode(size);
-                outbox
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .expect(cid.clone(), due, 0);
-                if chat::send_text(&client, &me, to.clone(), cid, text)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                sent.inc();
-                n += 1;
+        tasks.push(tokio::spawn(
+            chat::TimedSender {
+                clock,
+                table,
+                client: conns[i].client.clone(),
+                me: users[i].clone(),
+                to: format!("g:{}", gids[i / online]),
+                outbox: outboxes[i].clone(),
+                sent: stats.sent.clone(),
+                run,
+                sender: i as u32,
+                size: args.size,
             }
-        }));
+            .run(),
+        ));
     }
     for t in tasks {
         let _ = t.await;
