@@ -1,6 +1,6 @@
 //! Chat users as the scenarios see them: ids, tokens, inbox connections, sending, acks, rpc.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -195,6 +195,30 @@ pub struct ChatStats {
 }
 
 impl ChatStats {
+    /// Decodes a message delivered to `me`; `None` (and counted) when it does not decode or is
+    /// `me`'s own echo.
+    pub fn foreign_delivery(&self, me: &str, payload: &[u8]) -> Option<protocol::Delivery> {
+        let Some(d) = protocol::decode::<protocol::Delivery>(payload) else {
+            self.undecodable.inc();
+            return None;
+        };
+        if d.from == me {
+            self.echoes.inc();
+            return None;
+        }
+        Some(d)
+    }
+
+    /// Counts a delivery as delivered the first time its id is seen, as a duplicate after.
+    pub fn first_sight(&self, seen: &mut HashSet<u64>, d: &protocol::Delivery) -> bool {
+        if seen.insert(id_key(&d.id)) {
+            self.delivered.inc();
+            true
+        } else {
+            self.duplicates.inc();
+            false
+        }
+    }
     pub fn error(&self, code: &str) {
         *self
             .errors

@@ -14,10 +14,10 @@ use super::{close_all, open_many, per_s, random_pairs, secs, wait_for, Env};
 use crate::chat::{self, ChatStats, Outbox};
 use crate::cli::DmArgs;
 use crate::conn::Inbound;
-use crate::protocol::{self, classify, Delivery, InboundKind, TextStamp};
+use crate::protocol::{classify, InboundKind, TextStamp};
 use crate::rate::Timetable;
 use crate::report::Report;
-use crate::stats::{id_key, Latency};
+use crate::stats::Latency;
 
 /// What a user received, and the receipts it owes.
 #[derive(Default)]
@@ -236,20 +236,13 @@ fn on_message(
     inbox: &Mutex<Inbox>,
     stats: &ChatStats,
 ) {
-    let Some(d) = protocol::decode::<Delivery>(payload) else {
-        stats.undecodable.inc();
+    let Some(d) = stats.foreign_delivery(me, payload) else {
         return;
     };
-    if d.from == me {
-        stats.echoes.inc();
-        return;
-    }
     let mut inbox = inbox.lock().unwrap_or_else(PoisonError::into_inner);
-    if !inbox.seen.insert(id_key(&d.id)) {
-        stats.duplicates.inc();
+    if !stats.first_sight(&mut inbox.seen, &d) {
         return;
     }
-    stats.delivered.inc();
     match TextStamp::decode(&d.body.text).filter(|s| s.run == run) {
         Some(s) => stats.e2e_latency.record_ns(now.saturating_sub(s.due_ns)),
         None => stats.undecodable.inc(),

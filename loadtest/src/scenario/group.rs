@@ -17,7 +17,7 @@ use super::{open_many, per_s, secs, wait_for, Env};
 use crate::chat::{self, ChatStats, Outbox, RpcWaiters};
 use crate::cli::GroupArgs;
 use crate::conn::{Conn, Inbound};
-use crate::protocol::{self, classify, value_id, Delivery, InboundKind, TextStamp};
+use crate::protocol::{self, classify, value_id, InboundKind, TextStamp};
 use crate::rate::Timetable;
 use crate::report::Report;
 use crate::stats::{id_key, Latency};
@@ -351,26 +351,18 @@ fn on_message(
     member: &Mutex<Member>,
     stats: &ChatStats,
 ) {
-    let Some(d) = protocol::decode::<Delivery>(payload) else {
-        stats.undecodable.inc();
+    let Some(d) = stats.foreign_delivery(me, payload) else {
         return;
     };
-    if d.from == me {
-        stats.echoes.inc();
-        return;
-    }
-    let key = id_key(&d.id);
     let mut m = member.lock().unwrap_or_else(PoisonError::into_inner);
-    if !m.seen.insert(key) {
-        stats.duplicates.inc();
+    if !stats.first_sight(&mut m.seen, &d) {
         return;
     }
-    stats.delivered.inc();
     match TextStamp::decode(&d.body.text).filter(|s| s.run == run) {
         Some(s) => {
             let lat = now.saturating_sub(s.due_ns);
             stats.e2e_latency.record_ns(lat);
-            m.got.push((key, lat));
+            m.got.push((id_key(&d.id), lat));
         }
         None => stats.undecodable.inc(),
     }

@@ -17,10 +17,10 @@ use super::{close_all, open_many, per_s, secs, wait_for, Env};
 use crate::chat::{self, ChatStats, Outbox};
 use crate::cli::OfflineArgs;
 use crate::conn::Inbound;
-use crate::protocol::{self, classify, Delivery, InboundKind, ReceiptIn, TextStamp};
+use crate::protocol::{self, classify, InboundKind, ReceiptIn, TextStamp};
 use crate::rate::Timetable;
 use crate::report::Report;
-use crate::stats::{id_key, Counter, Latency};
+use crate::stats::{Counter, Latency};
 
 /// A sender's view of the receipts for its conversations.
 #[derive(Default)]
@@ -451,20 +451,13 @@ fn on_message(
     stats: &ChatStats,
     done: &Counter,
 ) {
-    let Some(d) = protocol::decode::<Delivery>(payload) else {
-        stats.undecodable.inc();
+    let Some(d) = stats.foreign_delivery(me, payload) else {
         return;
     };
-    if d.from == me {
-        stats.echoes.inc();
-        return;
-    }
     let mut b = backlog.lock().unwrap_or_else(PoisonError::into_inner);
-    if !b.seen.insert(id_key(&d.id)) {
-        stats.duplicates.inc();
+    if !stats.first_sight(&mut b.seen, &d) {
         return;
     }
-    stats.delivered.inc();
     b.received += 1;
     let b = &mut *b;
     let conv = b.convs.entry(d.conv.clone()).or_default();
