@@ -94,6 +94,15 @@ impl From<CodecError> for Close {
     }
 }
 
+/// What new chat subscriptions start once they are in place.
+#[derive(Default)]
+struct ChatStarts {
+    /// Offline delivery (the inbox is covered).
+    inbox: bool,
+    /// Users whose retained presence is sent.
+    presence: Vec<String>,
+}
+
 /// A chat publish waiting for a processing slot.
 struct ChatJob {
     client: Client,
@@ -899,8 +908,7 @@ impl Conn {
     ) -> Result<(), Close> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut general = Vec::new();
-        let mut inbox = false;
-        let mut presence = Vec::new();
+        let mut started = ChatStarts::default();
         for f in s.filters {
             let granted = if f.qos == QoS::AtMostOnce {
                 QoS::AtMostOnce
@@ -915,43 +923,20 @@ impl Conn {
                     codes.push(None);
                     continue;
                 }
-                SubscribeRoute::ChatUser {
-                    inbox: covers_inbox,
-                } => {
-                    self.state.registry.subscribe_user(self.conn_id, &f.path);
-                    self.remember_chat(&f.path);
-                    inbox |= covers_inbox;
-                    SubscribeReasonCode::Success(granted)
-                }
-                SubscribeRoute::ChatGroup { gid } => {
-                    let user = self
-                        .client
-                        .as_ref()
-                        .map(|c| c.user.clone())
-                        .unwrap_or_default();
-                    if self.state.chat.may_subscribe_group(&user, &gid).await {
-                        self.state
-                            .registry
-                            .subscribe_group(self.conn_id, &gid, &f.path);
-                        self.remember_chat(&f.path);
-                        SubscribeReasonCode::Success(granted)
-                    } else {
-                        metrics::counter!(m::ACL_DENIALS, "action" => "subscribe").increment(1);
-                        SubscribeReasonCode::NotAuthorized
-                    }
-                }
-                SubscribeRoute::Presence { user } => {
-                    self.state.registry.subscribe_presence(self.conn_id, &user);
-                    self.remember_chat(&f.path);
-                    presence.push(user);
-                    SubscribeReasonCode::Success(granted)
-                }
                 SubscribeRoute::Deny(DenyReason::Invalid) => {
                     SubscribeReasonCode::TopicFilterInvalid
                 }
                 SubscribeRoute::Deny(DenyReason::NotAuthorized) => {
                     metrics::counter!(m::ACL_DENIALS, "action" => "subscribe").increment(1);
                     SubscribeReasonCode::NotAuthorized
+                }
+                chat => {
+                    if self.add_chat_filter(chat, &f.path, &mut started).await {
+                        SubscribeReasonCode::Success(granted)
+                    } else {
+                        metrics::counter!(m::ACL_DENIALS, "action" => "subscribe").increment(1);
+                        SubscribeReasonCode::NotAuthorized
+                    }
                 }
             };
             codes.push(Some(code));
@@ -982,8 +967,43 @@ impl Conn {
             ))
             .await?;
         }
-        self.after_chat_subscribe(inbox, presence);
+        self.after_chat_subscribe(started);
         Ok(())
+    }
+
+    /// Registers a chat-plane filter (`route` from the ACL) for this connection and remembers
+    /// it for the session. False when the user may not have it (not a member of the group).
+    async fn add_chat_filter(
+        &mut self,
+        route: SubscribeRoute,
+        filter: &str,
+        started: &mut ChatStarts,
+    ) -> bool {
+        let registry = &self.state.registry;
+        match route {
+            SubscribeRoute::ChatUser { inbox } => {
+                registry.subscribe_user(self.conn_id, filter);
+                started.inbox |= inbox;
+            }
+            SubscribeRoute::ChatGroup { gid } => {
+                let user = self
+                    .client
+                    .as_ref()
+                    .map(|c| c.user.as_str())
+                    .unwrap_or_default();
+                if !self.state.chat.may_subscribe_group(user, &gid).await {
+                    return false;
+                }
+                registry.subscribe_group(self.conn_id, &gid, filter);
+            }
+            SubscribeRoute::Presence { user } => {
+                registry.subscribe_presence(self.conn_id, &user);
+                started.presence.push(user);
+            }
+            SubscribeRoute::General | SubscribeRoute::Deny(_) => return false,
+        }
+        self.remember_chat(filter);
+        true
     }
 
     fn remember_chat(&mut self, filter: &str) {
@@ -993,7 +1013,8 @@ impl Conn {
     }
 
     /// Starts offline delivery and sends retained presence after chat subscriptions.
-    fn after_chat_subscribe(&self, inbox: bool, presence: Vec<String>) {
+    fn after_chat_subscribe(&self, started: ChatStarts) {
+        let ChatStarts { inbox, presence } = started;
         let Some(client) = self.client.clone() else {
             return;
         };
@@ -1068,12 +1089,20 @@ impl Conn {
 
     /// Sends a packet to the engine, opening this connection's link on first use.
     async fn send_to_engine(&mut self, packet: Packet) -> Result<(), Close> {
+        self.ensure_link(self.session_ttl.is_zero()).await?;
+        match self.link.as_mut() {
+            Some(link) => link.send(packet).await.map_err(|_| Close::Engine),
+            None => Err(Close::Engine),
+        }
+    }
+
+    /// Opens this connection's engine link if it has none; `clean` = no session to keep.
+    async fn ensure_link(&mut self, clean: bool) -> Result<(), Close> {
         if self.link.is_none() {
-            let persistent = !self.session_ttl.is_zero();
             let link = self
                 .state
                 .engine
-                .open(&self.namespaced, !persistent)
+                .open(&self.namespaced, clean)
                 .await
                 .map_err(|e| {
                     warn!(error = %e, "engine link refused");
@@ -1081,10 +1110,7 @@ impl Conn {
                 })?;
             self.link = Some(link);
         }
-        match self.link.as_mut() {
-            Some(link) => link.send(packet).await.map_err(|_| Close::Engine),
-            None => Err(Close::Engine),
-        }
+        Ok(())
     }
 
     fn on_engine(&mut self, n: Notification) -> Result<(), Close> {
@@ -1164,54 +1190,20 @@ impl Conn {
 
     /// Re-applies a persistent session's subscriptions.
     async fn restore(&mut self, saved: SavedSession) {
-        let mut inbox = false;
-        let mut presence = Vec::new();
+        let mut started = ChatStarts::default();
         for f in saved.chat_filters {
-            match self.state.acl.subscribe(&self.who(), &f) {
-                SubscribeRoute::ChatUser { inbox: i } => {
-                    self.state.registry.subscribe_user(self.conn_id, &f);
-                    inbox |= i;
-                }
-                SubscribeRoute::ChatGroup { gid } => {
-                    let user = self
-                        .client
-                        .as_ref()
-                        .map(|c| c.user.clone())
-                        .unwrap_or_default();
-                    if !self.state.chat.may_subscribe_group(&user, &gid).await {
-                        continue;
-                    }
-                    self.state.registry.subscribe_group(self.conn_id, &gid, &f);
-                }
-                SubscribeRoute::Presence { user } => {
-                    self.state.registry.subscribe_presence(self.conn_id, &user);
-                    presence.push(user);
-                }
-                _ => continue,
-            }
-            self.remember_chat(&f);
+            // The same checks as a SUBSCRIBE: membership may have changed meanwhile.
+            let route = self.state.acl.subscribe(&self.who(), &f);
+            self.add_chat_filter(route, &f, &mut started).await;
         }
         if !saved.general_filters.is_empty() {
             // Reopening the link with clean_session = false makes rumqttd restore its side.
             self.general_filters = saved.general_filters.into_iter().collect();
-            if let Err(c) = self.open_engine_link().await {
+            if let Err(c) = self.ensure_link(false).await {
                 warn!(?c, "could not restore the general-plane session");
             }
         }
-        self.after_chat_subscribe(inbox, presence);
-    }
-
-    async fn open_engine_link(&mut self) -> Result<(), Close> {
-        if self.link.is_none() {
-            let link = self
-                .state
-                .engine
-                .open(&self.namespaced, false)
-                .await
-                .map_err(|_| Close::Engine)?;
-            self.link = Some(link);
-        }
-        Ok(())
+        self.after_chat_subscribe(started);
     }
 
     /// Cleanup after the socket is gone: will, session, engine link, registry, presence.

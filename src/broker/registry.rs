@@ -53,6 +53,13 @@ struct Conn {
     presence: HashSet<String>,
 }
 
+impl Conn {
+    /// Whether one of this connection's `chat/u/{user}/…` filters matches `topic`.
+    fn wants_user_topic(&self, topic: &str) -> bool {
+        self.user_filters.iter().any(|f| matches(topic, f))
+    }
+}
+
 #[derive(Default)]
 struct Maps {
     conns: HashMap<ConnId, Conn>,
@@ -229,9 +236,7 @@ impl Registry {
         let mut n = 0;
         for id in ids {
             if let Some(c) = m.conns.get(id) {
-                if c.user_filters.iter().any(|f| matches(&topic, f))
-                    && self.offer(c, d) == Offer::Queued
-                {
+                if c.wants_user_topic(&topic) && self.offer(c, d) == Offer::Queued {
                     n += 1;
                 }
             }
@@ -257,7 +262,7 @@ impl Registry {
             let topic = String::from_utf8_lossy(&d.topic);
             let m = self.maps.lock();
             match m.conns.get(&id) {
-                Some(c) if c.user_filters.iter().any(|f| matches(&topic, f)) => c.tx.clone(),
+                Some(c) if c.wants_user_topic(&topic) => c.tx.clone(),
                 _ => return Offer::Gone,
             }
         };
@@ -278,7 +283,7 @@ impl Registry {
             .into_iter()
             .flatten()
             .filter_map(|id| m.conns.get(id))
-            .filter(|c| c.user_filters.iter().any(|f| matches(&topic, f)))
+            .filter(|c| c.wants_user_topic(&topic))
             .map(|c| c.tx.clone())
             .collect()
     }
@@ -300,7 +305,7 @@ impl Registry {
         let topic = String::from_utf8_lossy(&d.topic);
         let m = self.maps.lock();
         match m.conns.get(&id) {
-            Some(c) if c.user_filters.iter().any(|f| matches(&topic, f)) => self.offer(c, d),
+            Some(c) if c.wants_user_topic(&topic) => self.offer(c, d),
             Some(_) => Offer::Gone,
             None => Offer::Gone,
         }

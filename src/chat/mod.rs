@@ -583,15 +583,19 @@ impl ChatService {
         PresenceOut { state, last_seen }
     }
 
-    async fn announce_presence(&self, user: &str) {
-        let profile = self
-            .store
-            .profiles(&[user.to_owned()])
-            .await
-            .ok()
-            .and_then(|mut v| v.pop());
+    /// `user`'s presence as everyone else sees it (connections + stored last seen).
+    async fn current_presence(&self, user: &str) -> Result<PresenceOut, StoreError> {
+        let profile = self.store.profiles(&[user.to_owned()]).await?.pop();
         let (hide, last_seen) = profile.map_or((false, None), |p| (p.hide_last_seen, p.last_seen));
-        let out = self.presence_of(user, hide, last_seen, "");
+        Ok(self.presence_of(user, hide, last_seen, ""))
+    }
+
+    async fn announce_presence(&self, user: &str) {
+        // Without the store the state is still worth announcing, just without last seen.
+        let out = match self.current_presence(user).await {
+            Ok(out) => out,
+            Err(_) => self.presence_of(user, false, None, ""),
+        };
         let d = Delivery {
             topic: Bytes::from(presence_topic(user)),
             payload: self.encode(&out),
@@ -738,8 +742,7 @@ impl ChatPlane for ChatService {
     }
 
     async fn presence(&self, user: &str) -> Option<Bytes> {
-        let profile = self.store.profiles(&[user.to_owned()]).await.ok()?.pop()?;
-        let out = self.presence_of(user, profile.hide_last_seen, profile.last_seen, "");
+        let out = self.current_presence(user).await.ok()?;
         Some(self.encode(&out))
     }
 }
