@@ -92,10 +92,6 @@ impl Sessions {
     pub fn is_live(&self, client_id: &str) -> bool {
         self.live.lock().contains_key(client_id)
     }
-
-    pub fn live_count(&self) -> usize {
-        self.live.lock().len()
-    }
 }
 
 #[cfg(test)]
@@ -110,9 +106,9 @@ mod tests {
         assert!(s.claim("alice:phone", 1, k1).is_none());
         assert!(s.claim("alice:phone", 2, k2).is_some());
         s.release("alice:phone", 1);
-        assert_eq!(s.live_count(), 1);
+        assert!(s.is_live("alice:phone"), "still owned by connection 2");
         s.release("alice:phone", 2);
-        assert_eq!(s.live_count(), 0);
+        assert!(!s.is_live("alice:phone"));
     }
 
     #[test]
