@@ -128,6 +128,8 @@ start_chatmq() {
 [mqtt]
 listen = "$host:$MQTT_PORT"
 max_connections = 200000
+# The raw scenario logs every client in as one user.
+max_sessions_per_user = 200000
 
 [http]
 listen = "127.0.0.1:$HTTP_PORT"

@@ -45,6 +45,8 @@ cat >"$WORK/broker.toml" <<EOF
 [mqtt]
 listen = "127.0.0.1:0"
 max_connections = 10000
+# The raw scenario logs every client in as one user.
+max_sessions_per_user = 10000
 
 [http]
 listen = "127.0.0.1:0"

@@ -104,3 +104,9 @@ CREATE TABLE IF NOT EXISTS last_seen (
     user TEXT    NOT NULL PRIMARY KEY,
     ts   INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- One row, rewritten by the health probe while the store is failing (/readyz).
+CREATE TABLE IF NOT EXISTS health_probe (
+    id INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    ts INTEGER NOT NULL
+);

@@ -12,7 +12,7 @@
 //! messages never enter rumqttd.
 
 use crate::protocol::OutKind;
-use rumqttd::protocol::{matches, valid_filter};
+use crate::topic::{self, matches};
 use serde::Deserialize;
 
 pub const CHAT_PREFIX: &str = "chat/";
@@ -62,7 +62,7 @@ impl AclRule {
             return Err("the chat/ namespace is governed by the chat plane, not by [[acl]]".into());
         }
         let probe = self.topic.replace("%u", "u").replace("%c", "c");
-        if !valid_filter(&probe) {
+        if topic::valid_filter(&probe).is_err() || !topic::engine_safe(&probe) {
             return Err(format!("`{}` is not a valid topic filter", self.topic));
         }
         Ok(())
@@ -149,7 +149,7 @@ impl Acl {
     }
 
     pub fn publish(&self, who: &Who<'_>, topic: &str) -> PublishRoute {
-        if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+        if topic::valid_name(topic).is_err() {
             return PublishRoute::Deny(DenyReason::Invalid);
         }
         if let Some(rest) = topic.strip_prefix(CHAT_PREFIX) {
@@ -167,6 +167,10 @@ impl Acl {
         if topic == "chat" || topic.starts_with('$') {
             return PublishRoute::Deny(DenyReason::NotAuthorized);
         }
+        if !topic::engine_safe(topic) {
+            // The engine cannot take it (see `topic::engine_safe`).
+            return PublishRoute::Deny(DenyReason::Invalid);
+        }
         if self.decide(who, topic, Access::allows_write) {
             PublishRoute::General
         } else {
@@ -175,16 +179,17 @@ impl Acl {
     }
 
     pub fn subscribe(&self, who: &Who<'_>, filter: &str) -> SubscribeRoute {
-        if !valid_filter(filter) || filter.contains('\0') {
+        if topic::valid_filter(filter).is_err() {
             return SubscribeRoute::Deny(DenyReason::Invalid);
         }
         if let Some(shared) = filter.strip_prefix("$share/") {
             // `$share/{group}/{filter}`: the group name is one level, the rest a filter that
             // must itself be a general-plane filter this client may read.
-            let Some((group, inner)) = shared.split_once('/') else {
+            // `topic::valid_filter` checked the group and the inner filter's syntax.
+            let Some((_group, inner)) = shared.split_once('/') else {
                 return SubscribeRoute::Deny(DenyReason::Invalid);
             };
-            if group.is_empty() || group.contains(['+', '#']) || !valid_filter(inner) {
+            if !topic::engine_safe(inner) {
                 return SubscribeRoute::Deny(DenyReason::Invalid);
             }
             if inner.starts_with(CHAT_PREFIX) || inner.starts_with('$') {
@@ -200,6 +205,9 @@ impl Acl {
         }
         if filter == "chat" || filter.starts_with('$') {
             return SubscribeRoute::Deny(DenyReason::NotAuthorized);
+        }
+        if !topic::engine_safe(filter) {
+            return SubscribeRoute::Deny(DenyReason::Invalid);
         }
         if self.decide(who, filter, Access::allows_read) {
             SubscribeRoute::General
@@ -217,8 +225,8 @@ impl Acl {
             let Some(pattern) = rule.pattern_for(who) else {
                 continue;
             };
-            // rumqttd's `matches` compares a filter against a filter too: a wildcard level in
-            // the requested filter is only covered by a wildcard in the pattern.
+            // `matches` compares a filter against a filter too: a wildcard level in the
+            // requested filter is only covered by a wildcard in the pattern.
             if matches(topic_or_filter, &pattern) {
                 return rule.permission == Permission::Allow;
             }

@@ -71,16 +71,35 @@ pub struct MqttConfig {
     /// Outgoing QoS 1 chat deliveries in flight per connection (capped by the client's
     /// receive maximum).
     pub max_inflight: u16,
-    /// Queued chat deliveries per connection before the connection counts as lagging.
+    /// Queued chat deliveries per connection; a connection whose queue is full when a QoS 1
+    /// delivery arrives is closed as too slow (it catches up from the store).
     pub outbound_queue: usize,
-    /// Upper bound for a client's keep-alive (seconds); 0 = no bound.
+    /// The same bound in bytes (topic + payload + 64 per delivery).
+    pub outbound_queue_bytes: usize,
+    /// A connection whose socket takes no bytes for this long is closed as too slow.
+    pub write_timeout_ms: u64,
+    /// Time allowed to receive the rest of a packet once its first byte arrived.
+    pub packet_timeout_ms: u64,
+    /// Upper bound for a client's keep-alive (seconds), also applied to keep-alive 0 (5.0
+    /// clients are told through Server Keep Alive); 0 = no bound.
     pub max_keep_alive_secs: u16,
+    /// Subscriptions (chat and general, presence watches included) one connection may hold.
+    pub max_subscriptions: usize,
+    /// Connections one user may have open at once.
+    pub max_sessions_per_user: usize,
     /// How long a persistent session (3.1.1 clean_session = false, or 5.0 session expiry)
     /// is kept after its connection ends, at most.
     pub max_session_expiry_secs: u32,
     /// Topic aliases a 5.0 client may use towards the server.
     pub topic_alias_max: u16,
 }
+
+/// Chat deliveries use packet ids above the engine's 1..=100, so at most this many can be
+/// in flight on one connection.
+pub const MAX_INFLIGHT: u16 = u16::MAX - 101;
+
+/// Bytes a send envelope needs besides its text and cid (keys, `to`, body type, reply_to).
+const ENVELOPE_OVERHEAD: usize = 256;
 
 impl Default for MqttConfig {
     fn default() -> Self {
@@ -93,7 +112,12 @@ impl Default for MqttConfig {
             connect_timeout_ms: 5_000,
             max_inflight: 100,
             outbound_queue: 4_096,
-            max_keep_alive_secs: 0,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            write_timeout_ms: 15_000,
+            packet_timeout_ms: 30_000,
+            max_keep_alive_secs: 300,
+            max_subscriptions: 1_000,
+            max_sessions_per_user: 16,
             max_session_expiry_secs: 7 * 24 * 3600,
             topic_alias_max: 64,
         }
@@ -167,6 +191,11 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
     /// Accept connections without credentials (general plane only; chat topics need a user).
     pub allow_anonymous: bool,
+    /// Failed logins allowed per source address per minute (after the burst); more are
+    /// closed before any token is looked at.
+    pub failures_per_minute: u32,
+    /// Failed logins a source address may have at once before throttling starts.
+    pub failures_burst: u32,
 }
 
 impl Default for AuthConfig {
@@ -180,6 +209,8 @@ impl Default for AuthConfig {
             audience: None,
             leeway_secs: 5,
             allow_anonymous: false,
+            failures_per_minute: 60,
+            failures_burst: 20,
         }
     }
 }
@@ -336,11 +367,41 @@ impl Config {
         if m.max_connections == 0 {
             return Err(invalid("mqtt.max_connections", "must be at least 1"));
         }
-        if m.max_inflight == 0 {
-            return Err(invalid("mqtt.max_inflight", "must be at least 1"));
+        if m.max_inflight == 0 || m.max_inflight > MAX_INFLIGHT {
+            return Err(invalid(
+                "mqtt.max_inflight",
+                format!("must be between 1 and {MAX_INFLIGHT}"),
+            ));
         }
         if m.outbound_queue < 16 {
             return Err(invalid("mqtt.outbound_queue", "must be at least 16"));
+        }
+        if m.outbound_queue_bytes < 4096 {
+            return Err(invalid(
+                "mqtt.outbound_queue_bytes",
+                "must be at least 4096",
+            ));
+        }
+        for (key, ms) in [
+            ("mqtt.write_timeout_ms", m.write_timeout_ms),
+            ("mqtt.packet_timeout_ms", m.packet_timeout_ms),
+            ("mqtt.connect_timeout_ms", m.connect_timeout_ms),
+        ] {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(invalid(key, "must be between 100 and 3600000 (ms)"));
+            }
+        }
+        if m.max_subscriptions == 0 {
+            return Err(invalid("mqtt.max_subscriptions", "must be at least 1"));
+        }
+        if m.max_sessions_per_user == 0 {
+            return Err(invalid("mqtt.max_sessions_per_user", "must be at least 1"));
+        }
+        if self.auth.failures_per_minute == 0 || self.auth.failures_burst == 0 {
+            return Err(invalid(
+                "auth.failures_per_minute",
+                "failures_per_minute and failures_burst must be at least 1",
+            ));
         }
         if let Some(ws) = &m.websocket {
             if !ws.path.starts_with('/') {
@@ -363,6 +424,15 @@ impl Config {
         }
         if c.max_cid == 0 || c.max_cid > 256 {
             return Err(invalid("chat.max_cid", "must be between 1 and 256"));
+        }
+        if c.max_payload < c.max_text + c.max_cid + ENVELOPE_OVERHEAD {
+            return Err(invalid(
+                "chat.max_payload",
+                format!(
+                    "must be at least chat.max_text + chat.max_cid + {ENVELOPE_OVERHEAD} \
+                     (room for a send envelope around the longest text)"
+                ),
+            ));
         }
         if c.group_max_members < 2 {
             return Err(invalid("chat.group_max_members", "must be at least 2"));

@@ -1,6 +1,7 @@
-//! The HTTP listener: `/metrics` (Prometheus), `/healthz` (process up), `/readyz` (store
-//! open and MQTT listeners bound).
+//! The HTTP listener: `/metrics` (Prometheus), `/healthz` (process up), `/readyz` (MQTT
+//! listeners bound and the store writing: 503 with the reason while it cannot).
 
+use crate::health::Health;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -15,12 +16,14 @@ use tokio::sync::watch;
 struct Http {
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
 pub async fn start(
     addr: SocketAddr,
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
+    health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -29,7 +32,11 @@ pub async fn start(
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Http { metrics, ready });
+        .with_state(Http {
+            metrics,
+            ready,
+            health,
+        });
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -48,10 +55,15 @@ async fn render(State(h): State<Http>) -> String {
     h.metrics.render()
 }
 
-async fn readyz(State(h): State<Http>) -> (StatusCode, &'static str) {
-    if h.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
+    if !h.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into());
+    }
+    match h.health.store_problem() {
+        None => (StatusCode::OK, "ready\n".into()),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: store cannot write: {reason}\n"),
+        ),
     }
 }

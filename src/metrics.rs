@@ -31,6 +31,20 @@ pub const DELIVERY_LATENCY: &str = "chatmq_delivery_latency_seconds";
 pub const OFFLINE_BACKLOG: &str = "chatmq_offline_backlog_messages";
 /// Counter: offline DMs pushed to devices.
 pub const OFFLINE_PUSHED: &str = "chatmq_offline_pushed_total";
+/// Gauge: 1 while the store accepts writes, 0 while it fails (`/readyz` answers 503 then).
+pub const STORE_WRITABLE: &str = "chatmq_store_writable";
+/// Counter: store writes that failed for lack of the store (unavailable, timeout, I/O).
+pub const STORE_FAILURES: &str = "chatmq_store_failures_total";
+/// Counter, label `reason` (`queue_full`, `write_timeout`): connections closed because the
+/// client did not take its deliveries fast enough.
+pub const SLOW_CLIENTS: &str = "chatmq_slow_client_disconnects_total";
+/// Counter, label `limit` (`sessions`, `subscriptions`): requests refused at a per-client or
+/// per-user cap.
+pub const LIMITS_HIT: &str = "chatmq_limits_hit_total";
+/// Counter: 3.1.1 connections closed without PUBACK because a publish could not be stored.
+pub const UNSTORED_CLOSES: &str = "chatmq_unstored_publish_closes_total";
+/// Counter: CONNECTs dropped because their source address failed authentication too often.
+pub const AUTH_THROTTLED: &str = "chatmq_auth_throttled_total";
 /// Counter, label `code`: chat errors answered to clients.
 pub const CHAT_ERRORS: &str = "chatmq_chat_errors_total";
 

@@ -42,16 +42,24 @@ impl Server {
         let store = store::open(&config.store).await?;
         let (stop, stopped) = watch::channel(false);
         let registry = broker::registry::Registry::new();
-        let chat =
-            ChatService::new(&config, store.clone(), registry.clone()).map_err(StartError::Chat)?;
+        let health = crate::health::Health::new();
+        crate::health::watch_store(health.clone(), store.clone(), stopped.clone());
+        let chat = ChatService::new(&config, store.clone(), registry.clone(), health.clone())
+            .map_err(StartError::Chat)?;
         let chat = Arc::new(chat);
         let state = BrokerState::new(config.clone(), chat.clone(), registry, stopped.clone())?;
         let ready = Arc::new(AtomicBool::new(false));
         let http = match config.http.listen {
             Some(addr) => Some(
-                crate::http::start(addr, metrics, ready.clone(), stopped.clone())
-                    .await
-                    .map_err(|source| StartError::Http { addr, source })?,
+                crate::http::start(
+                    addr,
+                    metrics,
+                    ready.clone(),
+                    health.clone(),
+                    stopped.clone(),
+                )
+                .await
+                .map_err(|source| StartError::Http { addr, source })?,
             ),
             None => None,
         };

@@ -3,7 +3,7 @@
 
 use super::codec::{Codec, CodecError, Frame, PublishHeader, ReplyProps, Version};
 use super::engine::GeneralLink;
-use super::registry::{ConnId, Delivery};
+use super::registry::{ConnId, Delivery, OutboxRx};
 use super::sessions::SavedSession;
 use super::{BrokerState, Client, Refusal, Turn};
 use crate::acl::{DenyReason, PublishRoute, SubscribeRoute, Who};
@@ -13,9 +13,10 @@ use crate::protocol::OutKind;
 use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
-    LastWillProperties, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, Publish, PublishProperties, QoS, SubAck, Subscribe, SubscribeProperties,
-    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe, UnsubscribeProperties,
+    LastWillProperties, Packet, PingResp, PubAck, PubAckProperties, PubAckReason, PubComp,
+    PubCompReason, PubRec, PubRecProperties, PubRecReason, Publish, PublishProperties, QoS, SubAck,
+    Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    UnsubscribeProperties,
 };
 use rumqttd::Notification;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -23,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
@@ -58,6 +59,12 @@ enum Close {
     /// The engine dropped the link.
     Engine,
     Protocol(DisconnectReasonCode, &'static str),
+    /// The client does not take its deliveries (`queue_full`, `write_timeout`).
+    Slow(&'static str),
+    /// A half-received packet was not completed in time.
+    PacketTimeout,
+    /// A 3.1.1 publish could not be stored: no PUBACK, the client sends it again.
+    Unstored,
 }
 
 impl Close {
@@ -72,8 +79,10 @@ impl Close {
             Close::TakenOver(_) => DisconnectReasonCode::SessionTakenOver,
             Close::TokenExpired => DisconnectReasonCode::NotAuthorized,
             Close::Shutdown => DisconnectReasonCode::ServerShuttingDown,
-            Close::Engine => DisconnectReasonCode::UnspecifiedError,
+            Close::Engine | Close::Unstored => DisconnectReasonCode::UnspecifiedError,
             Close::Protocol(code, _) => *code,
+            Close::Slow(_) => DisconnectReasonCode::QuotaExceeded,
+            Close::PacketTimeout => DisconnectReasonCode::ProtocolError,
         })
     }
 }
@@ -177,7 +186,15 @@ where
         match connect(&mut io, conn_id, &state).await {
             Ok(Some(conn)) => {
                 metrics::gauge!(m::CONNECTIONS).increment(1.0);
-                conn.run(io).await;
+                let leftover = Leftover::of(&conn);
+                let run = std::panic::AssertUnwindSafe(conn.run(io));
+                if let Err(panic) = futures_util::FutureExt::catch_unwind(run).await {
+                    // A bug, not client input: log it, and still give back everything the
+                    // connection held so its user does not stay "online".
+                    tracing::error!(panic = panic_message(&panic), "connection task panicked");
+                    metrics::counter!(m::PROTOCOL_ERRORS, "reason" => "panic").increment(1);
+                    leftover.release(&state).await;
+                }
                 metrics::gauge!(m::CONNECTIONS).decrement(1.0);
             }
             Ok(None) => {}
@@ -189,6 +206,38 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// What a connection holds outside its task, to give back if the task panics.
+struct Leftover {
+    conn: ConnId,
+    namespaced: String,
+    client: Option<Client>,
+}
+
+impl Leftover {
+    fn of(c: &Conn) -> Leftover {
+        Leftover {
+            conn: c.conn_id,
+            namespaced: c.namespaced.clone(),
+            client: c.client.clone(),
+        }
+    }
+
+    async fn release(self, state: &BrokerState) {
+        let remaining = state.registry.unregister(self.conn);
+        state.sessions.release(&self.namespaced, self.conn);
+        if let Some(client) = &self.client {
+            state.chat.disconnected(client, remaining).await;
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("?")
 }
 
 struct Io<S> {
@@ -398,8 +447,22 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             .min(props.receive_maximum.unwrap_or(u16::MAX))
             .max(1),
     );
-    let (out_tx, out_rx) = mpsc::channel(cfg.outbound_queue);
-    state.registry.register(conn_id, user.as_deref(), out_tx);
+    let (outbox, out_rx) = super::registry::outbox(cfg.outbound_queue, cfg.outbound_queue_bytes);
+    if !state
+        .registry
+        .register(conn_id, user.as_deref(), outbox, cfg.max_sessions_per_user)
+    {
+        metrics::counter!(m::LIMITS_HIT, "limit" => "sessions").increment(1);
+        info!(
+            max = cfg.max_sessions_per_user,
+            "connection refused: the user has too many sessions"
+        );
+        refuse(io, &codec, ConnectReturnCode::QuotaExceeded);
+        let _ = io.flush().await;
+        state.sessions.release(&namespaced, conn_id);
+        metrics::counter!(m::CONNECTS, "result" => "too_many_sessions").increment(1);
+        return Ok(None);
+    }
 
     let ack = ConnAck {
         session_present: saved.is_some(),
@@ -444,9 +507,10 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         device: raw_id.clone(),
         v5,
     });
-    let token_deadline = identity
-        .as_ref()
-        .map(|i| Instant::now() + Duration::from_secs(i.expires_at.saturating_sub(unix_now())));
+    // `exp` is client-supplied: a far-future one means no deadline, never an overflow.
+    let token_deadline = identity.as_ref().and_then(|i| {
+        Instant::now().checked_add(Duration::from_secs(i.expires_at.saturating_sub(unix_now())))
+    });
     let mut conn = Conn {
         state: state.clone(),
         codec,
@@ -475,6 +539,7 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         aliases: HashMap::new(),
         will,
         wbuf: BytesMut::new(),
+        catchup: None,
     };
     if let Some(c) = &conn.client {
         state.chat.connected(c).await;
@@ -511,7 +576,7 @@ struct Conn {
     token_deadline: Option<Instant>,
     session_ttl: Duration,
     window: usize,
-    out_rx: mpsc::Receiver<Delivery>,
+    out_rx: OutboxRx,
     kick_rx: oneshot::Receiver<oneshot::Sender<()>>,
     link: Option<GeneralLink>,
     general_filters: HashSet<String>,
@@ -531,6 +596,9 @@ struct Conn {
     will: Option<Will>,
     /// Packets to write; moved into the socket buffer after each event.
     wbuf: BytesMut,
+    /// Offline push and retained presence after the latest chat SUBSCRIBE (one at a time).
+    /// The task, and whether it pushes the offline backlog.
+    catchup: Option<(JoinHandle<()>, bool)>,
 }
 
 async fn next_inbound(q: &mut VecDeque<InboundTask>) -> (u16, u8, Result<(), Refusal>) {
@@ -578,26 +646,58 @@ impl Conn {
         let mut shutdown = self.state.shutdown.clone();
         let keep_alive =
             (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500));
+        let (write_timeout, packet_timeout) = {
+            let mqtt = &self.state.config.mqtt;
+            (
+                Duration::from_millis(mqtt.write_timeout_ms),
+                Duration::from_millis(mqtt.packet_timeout_ms),
+            )
+        };
+        let slow = self.out_rx.slow.clone();
         let mut last_rx = Instant::now();
+        // When the bytes of a packet not yet complete started to arrive.
+        let mut partial_since: Option<Instant> = None;
         // Bytes of CONNECT's batch may already hold more packets.
         let mut close = self.parse(&mut io.rbuf).await.err();
         while close.is_none() {
-            if flush_buf(&mut io.wr, &mut self.wbuf).await.is_err() {
-                close = Some(Close::Lost);
-                break;
+            match tokio::time::timeout(write_timeout, flush_buf(&mut io.wr, &mut self.wbuf)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    close = Some(Close::Lost);
+                    break;
+                }
+                Err(_) => {
+                    metrics::counter!(m::SLOW_CLIENTS, "reason" => "write_timeout").increment(1);
+                    close = Some(Close::Slow("write_timeout"));
+                    break;
+                }
             }
+            partial_since = match (io.rbuf.is_empty(), partial_since) {
+                (true, _) => None,
+                (false, None) => Some(Instant::now()),
+                (false, since) => since,
+            };
+            let reading = self.parked.len() < MAX_PARKED;
+            let partial_deadline = partial_since
+                .filter(|_| reading)
+                .and_then(|t| t.checked_add(packet_timeout));
             if io.rbuf.is_empty() && io.rbuf.capacity() > 64 * 1024 {
                 io.rbuf = BytesMut::with_capacity(READ_CHUNK);
             }
             io.rbuf.reserve(READ_CHUNK);
             let can_deliver = self.inflight.len() < self.window;
-            let ka_deadline = keep_alive.map(|k| last_rx + k);
+            let ka_deadline = keep_alive.and_then(|k| last_rx.checked_add(k));
             let step: Result<(), Close> = tokio::select! {
                 biased;
                 r = &mut self.kick_rx => Err(Close::TakenOver(r.ok())),
                 _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => Err(Close::Shutdown),
                 _ = sleep_until_opt(self.token_deadline) => Err(Close::TokenExpired),
                 _ = sleep_until_opt(ka_deadline) => Err(Close::KeepAlive),
+                _ = slow.wait() => Err(Close::Slow("queue_full")),
+                _ = sleep_until_opt(partial_deadline) => {
+                    metrics::counter!(m::PROTOCOL_ERRORS, "reason" => "packet_timeout").increment(1);
+                    Err(Close::PacketTimeout)
+                }
                 (pkid, qos, result) = next_inbound(&mut self.inbound) => {
                     let r = self.finish_inbound(pkid, qos, result);
                     self.unpark();
@@ -608,7 +708,7 @@ impl Conn {
                     None => Err(Close::Engine),
                 },
                 Some(d) = self.out_rx.recv(), if can_deliver => self.deliver(d),
-                r = io.rd.read_buf(&mut io.rbuf), if self.parked.len() < MAX_PARKED => match r {
+                r = io.rd.read_buf(&mut io.rbuf), if reading => match r {
                     Ok(0) | Err(_) => Err(Close::Lost),
                     Ok(_) => {
                         last_rx = Instant::now();
@@ -621,6 +721,12 @@ impl Conn {
             }
         }
         let close = close.unwrap_or(Close::Lost);
+        if let Close::Slow(reason) = &close {
+            info!(
+                reason,
+                "closing a client that does not keep up; it catches up on return"
+            );
+        }
         // Best effort: tell a 5.0 client why the server closed.
         if self.v5 {
             if let Some(reason_code) = close.v5_reason() {
@@ -773,10 +879,9 @@ impl Conn {
                     qos: h.qos,
                     turn,
                 };
-                if h.qos == 0 {
-                    // Nothing to acknowledge (typing); the task runs on its own.
-                    self.spawn_chat(job);
-                } else if self.inbound.len() < MAX_INBOUND && self.parked.is_empty() {
+                // QoS 0 (typing) takes a slot like the rest, so a flood of it is bounded too;
+                // it simply has nothing to acknowledge.
+                if self.inbound.len() < MAX_INBOUND && self.parked.is_empty() {
                     let task = self.spawn_chat(job);
                     self.inbound.push_back(task);
                 } else {
@@ -833,9 +938,8 @@ impl Conn {
             DenyReason::NotAuthorized => PubAckReason::NotAuthorized,
         };
         if !self.v5 {
-            if let Some(client) = self.client.clone() {
-                let chat = self.state.chat.clone();
-                tokio::spawn(async move { chat.publish_denied(&client, &topic).await });
+            if let Some(client) = &self.client {
+                self.state.chat.publish_denied(client, &topic);
             }
         }
         match h.qos {
@@ -867,27 +971,48 @@ impl Conn {
         }
     }
 
+    /// Answers a processed chat publish, in arrival order: PUBACK/PUBREC success only for
+    /// what was stored (see [`Refusal`] for 3.1.1).
     fn finish_inbound(
         &mut self,
         pkid: u16,
         qos: u8,
         result: Result<(), Refusal>,
     ) -> Result<(), Close> {
-        let reason = match result {
-            Ok(()) => PubAckReason::Success,
-            Err(Refusal::NotAuthorized) => PubAckReason::NotAuthorized,
-            Err(Refusal::QuotaExceeded) => PubAckReason::QuotaExceeded,
-            Err(Refusal::PayloadFormatInvalid) => PubAckReason::PayloadFormatInvalid,
-            Err(Refusal::Unspecified) => PubAckReason::UnspecifiedError,
-        };
-        // 3.1.1 has no reason codes: the chat layer has already answered on in/ack.
-        let reason = if self.v5 {
-            reason
-        } else {
-            PubAckReason::Success
+        if qos == 0 {
+            return Ok(());
+        }
+        if let Err(refusal) = result {
+            if !self.v5 && !refusal.is_final() {
+                // No negative PUBACK in 3.1.1: close without acknowledging, so the client's
+                // library sends it again (DUP) and cid dedup keeps it exactly-once.
+                metrics::counter!(m::UNSTORED_CLOSES).increment(1);
+                warn!(
+                    reason = refusal.reason(),
+                    "publish not stored: closing without PUBACK"
+                );
+                return Err(Close::Unstored);
+            }
+        }
+        let (reason, text) = match result {
+            Ok(()) => (PubAckReason::Success, None),
+            // 3.1.1: a final refusal has been answered on in/ack; the PUBACK completes the flow.
+            Err(_) if !self.v5 => (PubAckReason::Success, None),
+            Err(r) => (
+                match r {
+                    Refusal::NotAuthorized => PubAckReason::NotAuthorized,
+                    Refusal::QuotaExceeded => PubAckReason::QuotaExceeded,
+                    Refusal::PayloadFormatInvalid => PubAckReason::PayloadFormatInvalid,
+                    Refusal::Unavailable | Refusal::Unspecified => PubAckReason::UnspecifiedError,
+                },
+                Some(r.reason().to_owned()),
+            ),
         };
         if qos == 2 {
-            self.chat_qos2.insert(pkid);
+            if reason == PubAckReason::Success {
+                // Only a successful PUBREC continues to PUBREL/PUBCOMP.
+                self.chat_qos2.insert(pkid);
+            }
             let rec = match reason {
                 PubAckReason::Success => PubRecReason::Success,
                 PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
@@ -895,9 +1020,17 @@ impl Conn {
                 PubAckReason::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
                 _ => PubRecReason::UnspecifiedError,
             };
-            self.put(Packet::PubRec(PubRec { pkid, reason: rec }, None))
+            let props = text.map(|reason_string| PubRecProperties {
+                reason_string: Some(reason_string),
+                user_properties: vec![],
+            });
+            self.put(Packet::PubRec(PubRec { pkid, reason: rec }, props))
         } else {
-            self.put(Packet::PubAck(PubAck { pkid, reason }, None))
+            let props = text.map(|reason_string| PubAckProperties {
+                reason_string: Some(reason_string),
+                user_properties: vec![],
+            });
+            self.put(Packet::PubAck(PubAck { pkid, reason }, props))
         }
     }
 
@@ -916,6 +1049,11 @@ impl Conn {
                 QoS::AtLeastOnce
             };
             let route = self.state.acl.subscribe(&self.who(), &f.path);
+            if !matches!(route, SubscribeRoute::Deny(_)) && !self.may_hold_another(&f.path) {
+                metrics::counter!(m::LIMITS_HIT, "limit" => "subscriptions").increment(1);
+                codes.push(Some(SubscribeReasonCode::QuotaExceeded));
+                continue;
+            }
             let code = match route {
                 SubscribeRoute::General => {
                     self.general_filters.insert(f.path.clone());
@@ -971,6 +1109,15 @@ impl Conn {
         Ok(())
     }
 
+    /// Whether this connection may add `filter` under `mqtt.max_subscriptions` (a filter it
+    /// already holds is replaced, not added).
+    fn may_hold_another(&self, filter: &str) -> bool {
+        let held = self.general_filters.len() + self.chat_filters.len();
+        held < self.state.config.mqtt.max_subscriptions
+            || self.general_filters.contains(filter)
+            || self.chat_filters.iter().any(|f| f == filter)
+    }
+
     /// Registers a chat-plane filter (`route` from the ACL) for this connection and remembers
     /// it for the session. False when the user may not have it (not a member of the group).
     async fn add_chat_filter(
@@ -1012,8 +1159,10 @@ impl Conn {
         }
     }
 
-    /// Starts offline delivery and sends retained presence after chat subscriptions.
-    fn after_chat_subscribe(&self, started: ChatStarts) {
+    /// Starts offline delivery and sends retained presence after chat subscriptions. One
+    /// such task per connection: a newer SUBSCRIBE replaces a running one (what it had not
+    /// pushed yet is still pending, and the new one starts from the oldest).
+    fn after_chat_subscribe(&mut self, started: ChatStarts) {
         let ChatStarts { inbox, presence } = started;
         let Some(client) = self.client.clone() else {
             return;
@@ -1022,7 +1171,16 @@ impl Conn {
         if !inbox && presence.is_empty() {
             return;
         }
-        tokio::spawn(async move {
+        let mut inbox = inbox;
+        if let Some((running, pushing)) = self.catchup.take() {
+            if !running.is_finished() {
+                running.abort();
+                // A replaced push starts again from the oldest pending message.
+                inbox |= pushing;
+            }
+        }
+        let pushing = inbox;
+        let task = tokio::spawn(async move {
             for user in presence {
                 if let Some(payload) = chat.presence(&user).await {
                     let d = Delivery {
@@ -1039,6 +1197,7 @@ impl Conn {
                 chat.inbox_subscribed(&client).await;
             }
         });
+        self.catchup = Some((task, pushing));
     }
 
     async fn on_unsubscribe(
@@ -1209,6 +1368,9 @@ impl Conn {
     /// Cleanup after the socket is gone: will, session, engine link, registry, presence.
     async fn finish(mut self, close: Close) {
         debug!(?close, "closed");
+        if let Some((task, _)) = self.catchup.take() {
+            task.abort();
+        }
         if close.publishes_will() {
             if let Some(will) = self.will.take() {
                 self.publish_will(will);

@@ -33,13 +33,41 @@ pub struct Client {
     pub v5: bool,
 }
 
-/// Why a chat publish was not accepted (5.0 gets it as the PUBACK reason).
+/// Why a chat publish was not accepted. 5.0 gets it as the PUBACK/PUBREC reason code with
+/// [`Refusal::reason`] as the reason string. 3.1.1 has no negative PUBACK: a refusal that
+/// retrying cannot change ([`Refusal::is_final`]) is PUBACKed (the chat layer has answered
+/// on `in/ack` with the cid), any other is not acknowledged and the connection is closed, so
+/// the client's library sends the message again and `cid` dedup keeps it exactly-once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     NotAuthorized,
+    /// Over the sender's rate limit (answered `rate_limited` on `in/ack`).
     QuotaExceeded,
     PayloadFormatInvalid,
+    /// The store could not write it: nothing was stored, a retry may succeed.
+    Unavailable,
     Unspecified,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::NotAuthorized => "not authorized",
+            Refusal::QuotaExceeded => "rate limit exceeded; slow down",
+            Refusal::PayloadFormatInvalid => "bad request; see in/ack",
+            Refusal::Unavailable => "not stored: storage is not available right now; retry",
+            Refusal::Unspecified => "not processed; retry",
+        }
+    }
+
+    /// Whether sending the same message again cannot succeed (or is the client's decision,
+    /// told on `in/ack`): bad payloads, permission, rate limits.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Refusal::NotAuthorized | Refusal::PayloadFormatInvalid | Refusal::QuotaExceeded
+        )
+    }
 }
 
 /// One link of a connection's chain of sends (see [`ChatPlane::publish`]). Dropping it passes
@@ -90,9 +118,9 @@ pub trait ChatPlane: Send + Sync + 'static {
     /// A device disconnected; `remaining` is how many the user still has.
     async fn disconnected(&self, client: &Client, remaining: usize);
 
-    /// A publish on one of the user's own `out/` topics. Resolves once handled (for a send:
-    /// durably stored and acknowledged on `in/ack`, or answered with an error there); the
-    /// connection PUBACKs the client then.
+    /// A publish on one of the user's own `out/` topics. Resolves once handled; the
+    /// connection PUBACKs the client then, in arrival order. `Ok` only when what the publish
+    /// asked to store (a message, a receipt) is durably stored: the PUBACK is the promise.
     /// `turn` orders the sends of one connection: the chat layer waits for it before it
     /// hands a message to the store and passes it on right after, so a client's messages get
     /// seqs in the order it published them while their commits still overlap.
@@ -106,8 +134,8 @@ pub trait ChatPlane: Send + Sync + 'static {
     ) -> Result<(), Refusal>;
 
     /// A 3.1.1 client published where it may not: it gets an `in/ack` error instead of the
-    /// 5.0 PUBACK reason code.
-    async fn publish_denied(&self, client: &Client, topic: &str);
+    /// 5.0 PUBACK reason code. Never waits.
+    fn publish_denied(&self, client: &Client, topic: &str);
 
     /// May `user` subscribe to group `gid`'s topics (is a member)?
     async fn may_subscribe_group(&self, user: &str, gid: &str) -> bool;

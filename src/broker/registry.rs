@@ -4,15 +4,20 @@
 //! watchers): O(1) per recipient connection, no scan over subscriptions, and every entry goes
 //! away with its connection. A std mutex is enough: it is never held across an `.await`
 //! and every critical section is a few map operations.
+//!
+//! No delivery ever waits for a connection: each connection's queue ([`Outbox`]) is bounded
+//! in messages and in bytes, and a QoS 1 delivery that does not fit marks the connection
+//! too slow — it is closed and catches up from the store when it comes back (pending DMs
+//! are pushed again, groups by history). A sender is never slowed by a slow receiver.
 
+use crate::topic::matches;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use rumqttd::protocol::{matches, PublishProperties};
+use rumqttd::protocol::PublishProperties;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 pub type ConnId = u64;
 
@@ -30,7 +35,16 @@ pub struct Delivery {
     pub props: Option<Box<PublishProperties>>,
 }
 
+/// What a delivery costs in a queue beyond topic and payload (the struct, the packet
+/// header): enough that a flood of empty messages is bounded by bytes too.
+const DELIVERY_OVERHEAD: usize = 64;
+
 impl Delivery {
+    /// Bytes charged against a connection's queue budget.
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len() + DELIVERY_OVERHEAD
+    }
+
     pub fn qos1(topic: impl Into<Bytes>, payload: impl Into<Bytes>) -> Delivery {
         Delivery {
             topic: topic.into(),
@@ -42,9 +56,115 @@ impl Delivery {
     }
 }
 
+/// The registry's side of one connection's outbound queue.
+pub struct Outbox {
+    tx: mpsc::Sender<Delivery>,
+    /// Bytes queued and not yet taken by the connection.
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+    slow: Arc<Slow>,
+}
+
+/// Set once when the connection must close because it does not keep up.
+#[derive(Default)]
+pub struct Slow {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Slow {
+    fn mark(&self) -> bool {
+        let first = !self.flag.swap(true, Ordering::AcqRel);
+        if first {
+            self.notify.notify_one();
+        }
+        first
+    }
+
+    /// Resolves once the connection has been marked too slow.
+    pub async fn wait(&self) {
+        if !self.flag.load(Ordering::Acquire) {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// The connection's side: deliveries in queue order, bytes given back as they are taken.
+pub struct OutboxRx {
+    rx: mpsc::Receiver<Delivery>,
+    bytes: Arc<AtomicUsize>,
+    pub slow: Arc<Slow>,
+}
+
+impl OutboxRx {
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        let d = self.rx.recv().await?;
+        self.bytes.fetch_sub(d.size(), Ordering::AcqRel);
+        Some(d)
+    }
+
+    pub fn try_recv(&mut self) -> Result<Delivery, mpsc::error::TryRecvError> {
+        let d = self.rx.try_recv()?;
+        self.bytes.fetch_sub(d.size(), Ordering::AcqRel);
+        Ok(d)
+    }
+}
+
+/// A connection's queue: at most `slots` deliveries and `max_bytes` bytes (one delivery
+/// larger than `max_bytes` still fits into an empty queue).
+pub fn outbox(slots: usize, max_bytes: usize) -> (Outbox, OutboxRx) {
+    let (tx, rx) = mpsc::channel(slots.max(1));
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let slow = Arc::new(Slow::default());
+    (
+        Outbox {
+            tx,
+            bytes: bytes.clone(),
+            max_bytes,
+            slow: slow.clone(),
+        },
+        OutboxRx { rx, bytes, slow },
+    )
+}
+
+/// What to do when a delivery does not fit a connection's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Close the connection as too slow (what it misses, it catches up from the store).
+    Disconnect,
+    /// Drop this delivery (QoS 0: typing) or let the caller retry (offline push).
+    Skip,
+}
+
+impl Outbox {
+    fn offer(&self, d: &Delivery, when_full: WhenFull) -> Offer {
+        let size = d.size();
+        let before = self.bytes.fetch_add(size, Ordering::AcqRel);
+        let fits = before == 0 || before + size <= self.max_bytes;
+        let result = if !fits {
+            Offer::Full
+        } else {
+            match self.tx.try_send(d.clone()) {
+                Ok(()) => return Offer::Queued,
+                Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
+                Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
+            }
+        };
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
+        if result == Offer::Full && when_full == WhenFull::Disconnect && self.slow.mark() {
+            metrics::counter!(crate::metrics::SLOW_CLIENTS, "reason" => "queue_full").increment(1);
+        }
+        result
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 struct Conn {
     user: Option<String>,
-    tx: mpsc::Sender<Delivery>,
+    out: Outbox,
     /// Filters inside `chat/u/{user}/`.
     user_filters: Vec<String>,
     /// gid → filters inside `chat/g/{gid}/`.
@@ -72,7 +192,7 @@ struct Maps {
 pub struct Registry {
     maps: Mutex<Maps>,
     next_id: AtomicU64,
-    /// Deliveries dropped because a connection's queue was full.
+    /// Deliveries that did not fit a connection's queue.
     dropped: AtomicU64,
 }
 
@@ -80,8 +200,8 @@ pub struct Registry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offer {
     Queued,
-    /// The connection's queue was full: it is lagging and the delivery was dropped (chat
-    /// messages stay recoverable from the store).
+    /// The connection's queue was full: the delivery was not queued (and, for
+    /// [`WhenFull::Disconnect`], the connection is closing as too slow).
     Full,
     Gone,
 }
@@ -95,21 +215,38 @@ impl Registry {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn register(&self, id: ConnId, user: Option<&str>, tx: mpsc::Sender<Delivery>) {
+    /// Adds a connection; false (and nothing added) when `user` already has
+    /// `max_per_user` connections. Checked under the lock, so concurrent logins of one user
+    /// cannot overshoot the cap.
+    pub fn register(
+        &self,
+        id: ConnId,
+        user: Option<&str>,
+        out: Outbox,
+        max_per_user: usize,
+    ) -> bool {
         let mut m = self.maps.lock();
         if let Some(u) = user {
-            m.by_user.entry(u.to_owned()).or_default().insert(id);
+            let conns = m.by_user.entry(u.to_owned()).or_default();
+            if conns.len() >= max_per_user {
+                if conns.is_empty() {
+                    m.by_user.remove(u);
+                }
+                return false;
+            }
+            conns.insert(id);
         }
         m.conns.insert(
             id,
             Conn {
                 user: user.map(str::to_owned),
-                tx,
+                out,
                 user_filters: Vec::new(),
                 group_filters: HashMap::new(),
                 presence: HashSet::new(),
             },
         );
+        true
     }
 
     /// Removes a connection and everything that points at it. Returns the number of
@@ -227,6 +364,8 @@ impl Registry {
     }
 
     /// Delivers to every connection of `user` whose `chat/u/{user}/…` filters match `topic`.
+    /// Never waits: a connection whose queue is full is closed as too slow (QoS 1) or
+    /// misses the delivery (QoS 0).
     pub fn deliver_user(&self, user: &str, d: &Delivery) -> usize {
         let topic = String::from_utf8_lossy(&d.topic);
         let m = self.maps.lock();
@@ -244,80 +383,15 @@ impl Registry {
         n
     }
 
-    /// Like [`Registry::deliver_user`], but waits up to `wait` for room in each connection's
-    /// queue instead of dropping. For what a user must not miss while connected (sent acks,
-    /// rpc answers, DMs): the wait pushes back on whoever produces the load.
-    pub async fn deliver_user_wait(&self, user: &str, d: &Delivery, wait: Duration) -> usize {
-        let targets = self.user_targets(user, d);
-        let mut n = 0;
-        for tx in targets {
-            n += usize::from(self.send_wait(&tx, d.clone(), wait).await);
-        }
-        n
-    }
-
-    /// Waits up to `wait` for room in one connection's queue (it must have a matching filter).
-    pub async fn deliver_conn_wait(&self, id: ConnId, d: &Delivery, wait: Duration) -> Offer {
-        let tx = {
-            let topic = String::from_utf8_lossy(&d.topic);
-            let m = self.maps.lock();
-            match m.conns.get(&id) {
-                Some(c) if c.wants_user_topic(&topic) => c.tx.clone(),
-                _ => return Offer::Gone,
-            }
-        };
-        if self.send_wait(&tx, d.clone(), wait).await {
-            Offer::Queued
-        } else if tx.is_closed() {
-            Offer::Gone
-        } else {
-            Offer::Full
-        }
-    }
-
-    fn user_targets(&self, user: &str, d: &Delivery) -> Vec<mpsc::Sender<Delivery>> {
-        let topic = String::from_utf8_lossy(&d.topic);
-        let m = self.maps.lock();
-        m.by_user
-            .get(user)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| m.conns.get(id))
-            .filter(|c| c.wants_user_topic(&topic))
-            .map(|c| c.tx.clone())
-            .collect()
-    }
-
-    async fn send_wait(&self, tx: &mpsc::Sender<Delivery>, d: Delivery, wait: Duration) -> bool {
-        match tokio::time::timeout(wait, tx.send(d)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
-            Err(_) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(crate::metrics::DELIVERIES_DROPPED).increment(1);
-                false
-            }
-        }
-    }
-
     /// Delivers to one connection if it subscribed to a matching `chat/u/…` filter.
-    pub fn deliver_conn(&self, id: ConnId, d: &Delivery) -> Offer {
+    pub fn deliver_conn(&self, id: ConnId, d: &Delivery, when_full: WhenFull) -> Offer {
         let topic = String::from_utf8_lossy(&d.topic);
         let m = self.maps.lock();
         match m.conns.get(&id) {
-            Some(c) if c.wants_user_topic(&topic) => self.offer(c, d),
+            Some(c) if c.wants_user_topic(&topic) => self.offer_with(c, d, when_full),
             Some(_) => Offer::Gone,
             None => Offer::Gone,
         }
-    }
-
-    /// Room left in a connection's queue (0 when gone).
-    pub fn capacity(&self, id: ConnId) -> usize {
-        self.maps
-            .lock()
-            .conns
-            .get(&id)
-            .map_or(0, |c| c.tx.capacity())
     }
 
     /// Delivers to every connection subscribed to a matching filter of group `gid`.
@@ -372,16 +446,27 @@ impl Registry {
         self.maps.lock().conns.len()
     }
 
+    /// QoS 1 deliveries that do not fit close the connection; QoS 0 ones are dropped.
     fn offer(&self, c: &Conn, d: &Delivery) -> Offer {
-        match c.tx.try_send(d.clone()) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(crate::metrics::DELIVERIES_DROPPED).increment(1);
-                Offer::Full
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Gone,
+        let when_full = if d.qos == 0 {
+            WhenFull::Skip
+        } else {
+            WhenFull::Disconnect
+        };
+        self.offer_with(c, d, when_full)
+    }
+
+    fn offer_with(&self, c: &Conn, d: &Delivery, when_full: WhenFull) -> Offer {
+        let r = c.out.offer(d, when_full);
+        // Counted as dropped: the deliveries nobody will retry (the offline push retries).
+        if r == Offer::Full && (when_full == WhenFull::Disconnect || d.qos == 0) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::metrics::DELIVERIES_DROPPED).increment(1);
         }
+        if r == Offer::Full && c.out.is_closed() {
+            return Offer::Gone;
+        }
+        r
     }
 }
 
@@ -398,11 +483,15 @@ fn remove_from(map: &mut HashMap<String, HashSet<ConnId>>, key: &str, id: ConnId
 mod tests {
     use super::*;
 
-    fn conn(r: &Registry, user: &str) -> (ConnId, mpsc::Receiver<Delivery>) {
+    fn conn(r: &Registry, user: &str) -> (ConnId, OutboxRx) {
         let id = r.next_conn_id();
-        let (tx, rx) = mpsc::channel(4);
-        r.register(id, Some(user), tx);
+        let (out, rx) = outbox(4, 1 << 20);
+        assert!(r.register(id, Some(user), out, 100));
         (id, rx)
+    }
+
+    fn is_slow(rx: &OutboxRx) -> bool {
+        rx.slow.flag.load(Ordering::Acquire)
     }
 
     #[test]
@@ -453,37 +542,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waiting_delivery_waits_for_room_then_gives_up() {
+    async fn a_full_queue_marks_the_connection_slow_and_never_waits() {
         let r = Registry::new();
         let (a, mut rx) = conn(&r, "alice");
+        let (b, rx_b) = conn(&r, "alice");
         r.subscribe_user(a, "chat/u/alice/#");
+        r.subscribe_user(b, "chat/u/alice/#");
         let d = Delivery::qos1("chat/u/alice/in/ack", "x");
         for _ in 0..4 {
-            assert_eq!(
-                r.deliver_user_wait("alice", &d, Duration::from_millis(10))
-                    .await,
-                1
-            );
+            assert_eq!(r.deliver_user("alice", &d), 2);
         }
-        assert_eq!(
-            r.deliver_user_wait("alice", &d, Duration::from_millis(10))
-                .await,
-            0
-        );
-        assert_eq!(r.dropped(), 1);
-        // The consumer frees one slot later and keeps the receiver alive.
-        let consumer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let first = rx.recv().await;
-            (first, rx)
-        });
-        assert_eq!(
-            r.deliver_user_wait("alice", &d, Duration::from_secs(5))
-                .await,
-            1
-        );
-        let (first, _rx) = consumer.await.expect("consumer");
-        assert!(first.is_some());
+        // Typing (QoS 0) that does not fit is dropped; the connection stays.
+        let mut typing = d.clone();
+        typing.qos = 0;
+        assert_eq!(r.deliver_user("alice", &typing), 0);
+        assert!(!is_slow(&rx) && !is_slow(&rx_b));
+        // The reader of `a` takes one: a has room again, b is full and is closed as slow.
+        assert!(rx.recv().await.is_some());
+        assert_eq!(r.deliver_user("alice", &d), 1);
+        assert!(!is_slow(&rx));
+        assert!(is_slow(&rx_b));
+        tokio::time::timeout(std::time::Duration::from_secs(1), rx_b.slow.wait())
+            .await
+            .expect("the slow connection is told");
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let r = Registry::new();
+        let id = r.next_conn_id();
+        let (out, mut rx) = outbox(1000, 1000);
+        assert!(r.register(id, Some("alice"), out, 100));
+        r.subscribe_user(id, "chat/u/alice/#");
+        let big = Delivery::qos1("chat/u/alice/in/msg", vec![0u8; 600]);
+        // An empty queue takes one delivery whatever its size; the next must fit the budget.
+        assert_eq!(r.deliver_conn(id, &big, WhenFull::Skip), Offer::Queued);
+        assert_eq!(r.deliver_conn(id, &big, WhenFull::Skip), Offer::Full);
+        assert!(!is_slow(&rx), "Skip leaves the connection alone");
+        let small = Delivery::qos1("chat/u/alice/in/msg", vec![0u8; 100]);
+        assert_eq!(r.deliver_conn(id, &small, WhenFull::Skip), Offer::Queued);
+        assert_eq!(r.deliver_conn(id, &big, WhenFull::Disconnect), Offer::Full);
+        assert!(is_slow(&rx));
+        // Taking deliveries gives their bytes back.
+        while rx.try_recv().is_ok() {}
+        assert_eq!(rx.bytes.load(Ordering::Acquire), 0);
     }
 
     #[test]
@@ -503,12 +605,20 @@ mod tests {
         r.subscribe_user(a, "chat/u/alice/#");
         for _ in 0..4 {
             assert_eq!(
-                r.deliver_conn(a, &Delivery::qos1("chat/u/alice/in/msg", "x")),
+                r.deliver_conn(
+                    a,
+                    &Delivery::qos1("chat/u/alice/in/msg", "x"),
+                    WhenFull::Disconnect
+                ),
                 Offer::Queued
             );
         }
         assert_eq!(
-            r.deliver_conn(a, &Delivery::qos1("chat/u/alice/in/msg", "x")),
+            r.deliver_conn(
+                a,
+                &Delivery::qos1("chat/u/alice/in/msg", "x"),
+                WhenFull::Disconnect
+            ),
             Offer::Full
         );
         assert_eq!(r.dropped(), 1);

@@ -8,9 +8,10 @@ pub mod ids;
 pub mod rate;
 
 use crate::broker::codec::ReplyProps;
-use crate::broker::registry::{Delivery, Offer, Registry};
+use crate::broker::registry::{Delivery, Offer, Registry, WhenFull};
 use crate::broker::{ChatPlane, Client, Refusal, Turn};
 use crate::config::Config;
+use crate::health::Health;
 use crate::metrics as m;
 use crate::protocol::{
     self, decode_receipt, decode_rpc, decode_send, decode_typing, encode, encode_body, group_topic,
@@ -34,13 +35,14 @@ use tracing::{debug, warn};
 
 /// Last-seen writes per user are coalesced to at most one per this interval.
 const LAST_SEEN_EVERY: Duration = Duration::from_secs(15);
-/// How long a delivery to a user's connection waits for room in its queue before it is
-/// dropped (the message itself stays in the store).
-const QUEUE_WAIT: Duration = Duration::from_secs(5);
+/// How long the offline push waits for a connection to make room before it stops (the
+/// messages stay pending and are pushed again on the next inbox subscribe).
+const OFFLINE_DRAIN_WAIT: Duration = Duration::from_secs(120);
 
 pub struct ChatService {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    health: Arc<Health>,
     encoding: Encoding,
     limits: Limits,
     group_max_members: u64,
@@ -70,6 +72,7 @@ impl ChatService {
         config: &Config,
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
+        health: Arc<Health>,
     ) -> Result<ChatService, String> {
         let c = &config.chat;
         let encoding = if c.encoding == "json" {
@@ -88,6 +91,7 @@ impl ChatService {
         Ok(ChatService {
             store,
             registry,
+            health,
             encoding,
             limits,
             group_max_members: c.group_max_members,
@@ -104,9 +108,10 @@ impl ChatService {
         Bytes::from(encode(self.encoding, v))
     }
 
-    async fn to_user<T: Serialize + ?Sized>(&self, user: &str, kind: InKind, v: &T) -> usize {
+    /// Queues to every listening device of `user`; never waits (see `Registry`).
+    fn to_user<T: Serialize + ?Sized>(&self, user: &str, kind: InKind, v: &T) -> usize {
         let d = Delivery::qos1(user_in_topic(user, kind), self.encode(v));
-        self.registry.deliver_user_wait(user, &d, QUEUE_WAIT).await
+        self.registry.deliver_user(user, &d)
     }
 
     fn to_group<T: Serialize + ?Sized>(&self, gid: &str, kind: GroupKind, v: &T, qos: u8) -> usize {
@@ -115,10 +120,12 @@ impl ChatService {
         self.registry.deliver_group(gid, &d)
     }
 
-    async fn ack_error(&self, user: &str, cid: Option<String>, error: ChatError) {
+    /// Answers `error` on `in/ack` and returns the matching PUBACK refusal.
+    fn ack_error(&self, user: &str, cid: Option<String>, error: ChatError) -> Refusal {
         metrics::counter!(m::CHAT_ERRORS, "code" => error.code.as_str()).increment(1);
-        self.to_user(user, InKind::Ack, &AckError { cid, error })
-            .await;
+        let refusal = refusal_of(error.code);
+        self.to_user(user, InKind::Ack, &AckError { cid, error });
+        refusal
     }
 
     /// Moves last seen, at most once per [`LAST_SEEN_EVERY`] per user.
@@ -153,36 +160,33 @@ impl ChatService {
 
     // ---------------------------------------------------------------- send
 
-    async fn send(&self, client: &Client, payload: &[u8], mut turn: Turn) {
+    /// `Ok` only once the message is durably stored (or was stored before: a resent cid).
+    async fn send(&self, client: &Client, payload: &[u8], mut turn: Turn) -> Result<(), Refusal> {
         let received = Instant::now();
         let me = client.user.as_str();
         let req = match decode_send(payload, &self.limits) {
             Ok(r) => r,
-            Err(AckError { cid, error }) => return self.ack_error(me, cid, error).await,
+            Err(AckError { cid, error }) => return Err(self.ack_error(me, cid, error)),
         };
         let cid = Some(req.cid.clone());
         let Some(conv) = req.to.conv(me) else {
-            return self
-                .ack_error(
-                    me,
-                    cid,
-                    ChatError::bad_request("cannot send a message to yourself"),
-                )
-                .await;
+            return Err(self.ack_error(
+                me,
+                cid,
+                ChatError::bad_request("cannot send a message to yourself"),
+            ));
         };
         if let Target::Group(gid) = &req.to {
             match self.is_member(gid, me).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    return self
-                        .ack_error(
-                            me,
-                            cid,
-                            ChatError::forbidden(format!("not a member of group {gid}")),
-                        )
-                        .await
+                    return Err(self.ack_error(
+                        me,
+                        cid,
+                        ChatError::forbidden(format!("not a member of group {gid}")),
+                    ))
                 }
-                Err(e) => return self.ack_error(me, cid, e).await,
+                Err(e) => return Err(self.ack_error(me, cid, e)),
             }
         }
         let body = encode_body(&req.body);
@@ -210,13 +214,14 @@ impl ChatService {
         };
         metrics::histogram!(m::STORE_LATENCY, "op" => "append")
             .record(started.elapsed().as_secs_f64());
+        self.health.write_result(&appended);
         let appended = match appended {
             Ok(a) => a,
-            Err(e) => return self.ack_error(me, cid, e.into()).await,
+            Err(e) => return Err(self.ack_error(me, cid, e.into())),
         };
-        // The durability promise: this ack goes out only after the store committed.
+        // The durability promise: this ack (and the PUBACK) go out only after the commit.
         let stored = appended.message();
-        self.to_user(me, InKind::Ack, &SentAck::of(stored)).await;
+        self.to_user(me, InKind::Ack, &SentAck::of(stored));
         if let Appended::Stored(stored) = &appended {
             match MessageOut::from_stored(stored) {
                 Ok(out) => {
@@ -225,9 +230,9 @@ impl ChatService {
                         Target::User(peer) => {
                             let d =
                                 Delivery::qos1(user_in_topic(peer, InKind::Msg), payload.clone());
-                            self.registry.deliver_user_wait(peer, &d, QUEUE_WAIT).await;
+                            self.registry.deliver_user(peer, &d);
                             let d = Delivery::qos1(user_in_topic(me, InKind::Msg), payload);
-                            self.registry.deliver_user_wait(me, &d, QUEUE_WAIT).await;
+                            self.registry.deliver_user(me, &d);
                         }
                         Target::Group(gid) => {
                             self.registry.deliver_group(
@@ -243,36 +248,37 @@ impl ChatService {
             }
         }
         self.activity(me, false).await;
+        Ok(())
     }
 
     // ------------------------------------------------------------- receipt
 
-    async fn receipt(&self, client: &Client, payload: &[u8]) {
+    /// `Ok` only once the cursor is durably stored.
+    async fn receipt(&self, client: &Client, payload: &[u8]) -> Result<(), Refusal> {
         let me = client.user.as_str();
         let req = match decode_receipt(payload, &self.limits) {
             Ok(r) => r,
-            Err(e) => return self.ack_error(me, None, e).await,
+            Err(e) => return Err(self.ack_error(me, None, e)),
         };
         match self.participant(&req.conv, me).await {
             Ok(true) => {}
             Ok(false) => {
-                return self
-                    .ack_error(
-                        me,
-                        None,
-                        ChatError::forbidden(format!("not a participant of {}", req.conv)),
-                    )
-                    .await
+                return Err(self.ack_error(
+                    me,
+                    None,
+                    ChatError::forbidden(format!("not a participant of {}", req.conv)),
+                ))
             }
-            Err(e) => return self.ack_error(me, None, e).await,
+            Err(e) => return Err(self.ack_error(me, None, e)),
         }
-        let moved = match self
+        let moved = self
             .store
             .set_cursor(me, &req.conv, req.kind, req.up_to)
-            .await
-        {
+            .await;
+        self.health.write_result(&moved);
+        let moved = match moved {
             Ok(m) => m,
-            Err(e) => return self.ack_error(me, None, e.into()).await,
+            Err(e) => return Err(self.ack_error(me, None, e.into())),
         };
         if moved.moved {
             let out = ReceiptOut {
@@ -285,10 +291,10 @@ impl ChatService {
             match req.conv.kind() {
                 Some(ConvKind::Direct { .. }) => {
                     if let Some(peer) = req.conv.kind().and_then(|k| k.peer_of(me)) {
-                        self.to_user(peer, InKind::Receipt, &out).await;
+                        self.to_user(peer, InKind::Receipt, &out);
                     }
                     // My other devices learn what I have read.
-                    self.to_user(me, InKind::Receipt, &out).await;
+                    self.to_user(me, InKind::Receipt, &out);
                 }
                 Some(ConvKind::Group { gid }) => {
                     let small = match self.store.group(gid).await {
@@ -303,6 +309,7 @@ impl ChatService {
             }
         }
         self.activity(me, false).await;
+        Ok(())
     }
 
     // -------------------------------------------------------------- typing
@@ -371,12 +378,11 @@ impl ChatService {
         }
         if self
             .registry
-            .deliver_conn_wait(client.conn, &d, QUEUE_WAIT)
-            .await
+            .deliver_conn(client.conn, &d, WhenFull::Disconnect)
             == Offer::Gone
         {
             // Not subscribed on this connection: any device of the user that listens gets it.
-            self.registry.deliver_user_wait(me, &d, QUEUE_WAIT).await;
+            self.registry.deliver_user(me, &d);
         }
     }
 
@@ -424,7 +430,7 @@ impl ChatService {
                     name: Some(name),
                 };
                 for u in &everyone {
-                    self.to_user(u, InKind::Event, &ev).await;
+                    self.to_user(u, InKind::Event, &ev);
                 }
                 self.to_group(&gid, GroupKind::Event, &ev, 1);
                 Ok(RpcResult::Group(GroupInfoOut::from_info(
@@ -448,7 +454,7 @@ impl ChatService {
                         name: None,
                     };
                     for u in &change.changed {
-                        self.to_user(u, InKind::Event, &ev).await;
+                        self.to_user(u, InKind::Event, &ev);
                     }
                     self.to_group(&gid, GroupKind::Event, &ev, 1);
                 }
@@ -558,7 +564,7 @@ impl ChatService {
             name: None,
         };
         for u in removed {
-            self.to_user(u, InKind::Event, &ev).await;
+            self.to_user(u, InKind::Event, &ev);
         }
         self.to_group(gid, GroupKind::Event, &ev, 1);
     }
@@ -607,7 +613,9 @@ impl ChatService {
     }
 
     /// Pushes `client.user`'s undelivered DMs to one connection, oldest first, a page at a
-    /// time, waiting for the connection's queue to drain between pages.
+    /// time. This push is the connection's own backlog, so it is the one producer that waits
+    /// for room in the queue (without ever closing the connection for it); what it cannot
+    /// push stays pending for the next inbox subscribe.
     async fn push_offline(&self, client: &Client) {
         let page = self.offline_page;
         let mut after = 0u64;
@@ -618,29 +626,12 @@ impl ChatService {
                 return;
             }
         }
-        loop {
-            // Flow control: wait until a whole page fits in the connection's queue.
-            let mut waited = Duration::ZERO;
-            loop {
-                let room = self.registry.capacity(client.conn);
-                if room == 0 && !self.registry.is_online(&client.user) {
-                    return;
-                }
-                if room >= page as usize {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                waited += Duration::from_millis(5);
-                if waited > Duration::from_secs(120) {
-                    debug!(pushed, "offline push: connection did not drain; stopping");
-                    return;
-                }
-            }
+        'pages: loop {
             let batch = match self.store.pending(&client.user, after, page).await {
                 Ok(b) => b,
                 Err(e) => {
                     warn!(error = %e, "offline push: store error");
-                    return;
+                    break;
                 }
             };
             for msg in &batch {
@@ -649,11 +640,22 @@ impl ChatService {
                     continue;
                 };
                 let d = Delivery::qos1(user_in_topic(&client.user, InKind::Msg), self.encode(&out));
-                match self.registry.deliver_conn(client.conn, &d) {
-                    Offer::Queued => pushed += 1,
-                    Offer::Full => {}
-                    Offer::Gone => return,
+                let mut stalled = Duration::ZERO;
+                loop {
+                    match self.registry.deliver_conn(client.conn, &d, WhenFull::Skip) {
+                        Offer::Queued => break,
+                        Offer::Gone => break 'pages,
+                        Offer::Full if stalled >= OFFLINE_DRAIN_WAIT => {
+                            debug!(pushed, "offline push: connection did not drain; stopping");
+                            break 'pages;
+                        }
+                        Offer::Full => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            stalled += Duration::from_millis(5);
+                        }
+                    }
                 }
+                pushed += 1;
             }
             if batch.len() < page as usize {
                 break;
@@ -663,6 +665,18 @@ impl ChatService {
             metrics::counter!(m::OFFLINE_PUSHED).increment(pushed);
             debug!(pushed, "offline messages pushed");
         }
+    }
+}
+
+/// The PUBACK refusal for a chat error answered on `in/ack`.
+fn refusal_of(code: ErrorCode) -> Refusal {
+    match code {
+        ErrorCode::BadRequest | ErrorCode::TooLarge | ErrorCode::NotFound => {
+            Refusal::PayloadFormatInvalid
+        }
+        ErrorCode::Unauthorized | ErrorCode::Forbidden => Refusal::NotAuthorized,
+        ErrorCode::RateLimited => Refusal::QuotaExceeded,
+        ErrorCode::Unavailable | ErrorCode::Internal => Refusal::Unavailable,
     }
 }
 
@@ -704,13 +718,11 @@ impl ChatPlane for ChatService {
                         user_in_topic(&client.user, InKind::Rpc),
                         self.encode(&RpcResponse::<RpcResult>::err(rid, error)),
                     );
-                    self.registry
-                        .deliver_user_wait(&client.user, &d, QUEUE_WAIT)
-                        .await;
+                    self.registry.deliver_user(&client.user, &d);
                 }
                 _ => {
                     let cid = decode_send(&payload, &self.limits).ok().map(|r| r.cid);
-                    self.ack_error(&client.user, cid, error).await;
+                    self.ack_error(&client.user, cid, error);
                 }
             }
             return Err(Refusal::QuotaExceeded);
@@ -718,19 +730,24 @@ impl ChatPlane for ChatService {
         match topic {
             OutKind::Send => self.send(client, &payload, turn).await,
             OutKind::Receipt => self.receipt(client, &payload).await,
-            OutKind::Typing => self.typing(client, &payload).await,
-            OutKind::Rpc => self.rpc(client, &payload, reply).await,
+            OutKind::Typing => {
+                self.typing(client, &payload).await;
+                Ok(())
+            }
+            OutKind::Rpc => {
+                // Answered on in/rpc, errors included: nothing to hold back.
+                self.rpc(client, &payload, reply).await;
+                Ok(())
+            }
         }
-        Ok(())
     }
 
-    async fn publish_denied(&self, client: &Client, topic: &str) {
+    fn publish_denied(&self, client: &Client, topic: &str) {
         self.ack_error(
             &client.user,
             None,
             ChatError::forbidden(format!("not allowed to publish to {topic}")),
-        )
-        .await;
+        );
     }
 
     async fn may_subscribe_group(&self, user: &str, gid: &str) -> bool {

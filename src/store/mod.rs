@@ -387,6 +387,10 @@ pub trait Store: Send + Sync + 'static {
     /// Records user activity at `ts` (only ever moves forward).
     async fn touch_last_seen(&self, user: &str, ts: i64) -> StoreResult<()>;
 
+    /// A small durable write that no user sees, to learn whether the store can write again
+    /// after a failure (the `/readyz` probe).
+    async fn probe(&self) -> StoreResult<()>;
+
     /// Makes everything written so far durable and releases resources (graceful shutdown).
     /// Afterwards every other call fails with `Unavailable`; a second `flush` is a no-op.
     async fn flush(&self) -> StoreResult<()>;

@@ -1364,6 +1364,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn probe(&self) -> StoreResult<()> {
+        self.write(|conn| {
+            conn.prepare_cached(
+                "INSERT INTO health_probe (id, ts) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET ts = excluded.ts",
+            )?
+            .execute(params![crate::chat::ids::now_ms()])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         let sender = self.writer.lock().take();
         // Readers first: an open read snapshot would keep the checkpoint from truncating.

@@ -1097,6 +1097,19 @@ impl Store for ScyllaStore {
         .await
     }
 
+    async fn probe(&self) -> StoreResult<()> {
+        self.check_open()?;
+        // A last-seen row under a key no user can have (`~` is not allowed in user ids):
+        // a real replicated write at the configured consistency, with no schema change.
+        let ts = crate::chat::ids::now_ms();
+        self.write(
+            &self.st.TOUCH_LAST_SEEN,
+            (ts.max(0), ts, "~health-probe"),
+            "health probe",
+        )
+        .await
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         // Every write was awaited at the configured consistency before its method returned:
         // nothing is buffered, so flushing is closing. Calls already in flight finish; the
