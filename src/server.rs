@@ -71,7 +71,10 @@ impl Server {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { sweep_state.sessions.sweep(); }
+                    _ = tick.tick() => {
+                        sweep_state.sessions.sweep();
+                        sweep_state.auth_throttle.sweep();
+                    }
                     _ = async { let _ = sweep_stop.wait_for(|s| *s).await; } => break,
                 }
             }

@@ -449,56 +449,6 @@ async fn token_expiry_disconnects() {
     b.stop().await;
 }
 
-fn connect_packet(user: &str, token: &str, id: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&[0, 4]);
-    body.extend_from_slice(b"MQTT");
-    body.extend_from_slice(&[4, 0b1100_0010, 0, 30]);
-    for s in [id, user, token] {
-        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        body.extend_from_slice(s.as_bytes());
-    }
-    let mut v = vec![0x10];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        v.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    v.extend_from_slice(&body);
-    v
-}
-
-/// Opens one raw TCP connection per entry of `sessions`, `concurrency` at a time: writes the
-/// bytes, waits up to `read_ms` for an answer, closes.
-async fn raw_sessions(port: u16, sessions: Vec<Vec<u8>>, concurrency: usize, read_ms: u64) {
-    let mut tasks = Vec::new();
-    for bytes in sessions {
-        tasks.push(tokio::spawn(async move {
-            let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-                return;
-            };
-            let _ = s.write_all(&bytes).await;
-            let mut buf = [0u8; 256];
-            let _ = tokio::time::timeout(Duration::from_millis(read_ms), s.read(&mut buf)).await;
-        }));
-        if tasks.len() >= concurrency {
-            for t in tasks.drain(..) {
-                let _ = t.await;
-            }
-        }
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-}
-
 #[tokio::test]
 async fn random_bytes_after_connect_close_only_that_connection() {
     use rand::{Rng, SeedableRng};

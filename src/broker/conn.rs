@@ -160,17 +160,16 @@ struct Will {
 }
 
 /// Serves one client socket until it closes. Never panics on client input: the codec is
-/// guarded and every error closes only this connection.
-pub async fn serve<S>(stream: S, peer: SocketAddr, state: Arc<BrokerState>)
-where
+/// guarded and every error closes only this connection. `_slot` is the connection's
+/// `mqtt.max_connections` permit, taken at accept (before any TLS/WebSocket handshake).
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: Arc<BrokerState>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(_permit) = state.connection_slots.clone().try_acquire_owned() else {
-        // Over mqtt.max_connections: refuse politely once CONNECT arrives is not worth a
-        // task per excess socket; close now.
-        metrics::counter!(m::CONNECTS, "result" => "server_busy").increment(1);
-        return;
-    };
     let conn_id = state.registry.next_conn_id();
     let span = tracing::info_span!("conn", id = conn_id, %peer, user = tracing::field::Empty, device = tracing::field::Empty);
     async move {
@@ -183,7 +182,7 @@ where
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::new(),
         };
-        match connect(&mut io, conn_id, &state).await {
+        match connect(&mut io, conn_id, peer, &state).await {
             Ok(Some(conn)) => {
                 metrics::gauge!(m::CONNECTIONS).increment(1.0);
                 let leftover = Leftover::of(&conn);
@@ -269,6 +268,7 @@ async fn flush_buf<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut) -> std
 async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut Io<S>,
     conn_id: ConnId,
+    peer: SocketAddr,
     state: &Arc<BrokerState>,
 ) -> Result<Option<Conn>, &'static str> {
     let cfg = &state.config.mqtt;
@@ -330,6 +330,7 @@ async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(i) => i,
         Err(e) => {
             metrics::counter!(m::AUTH_FAILURES, "reason" => e.label()).increment(1);
+            state.auth_throttle.failed(peer.ip());
             let (code, label) = match (e, v5) {
                 (AuthError::Missing, false) => (ConnectReturnCode::NotAuthorized, "not_authorized"),
                 (AuthError::Missing, true) => (ConnectReturnCode::NotAuthorized, "not_authorized"),

@@ -19,11 +19,15 @@ type SystemPublish = (Publish, u8, Option<PublishProperties>);
 type BuildLink =
     dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx), Box<LinkError>> + Send + Sync + 'static;
 
+/// Whether the router's inbound channel is full (a send would block the calling thread).
+type RouterFull = dyn Fn() -> bool + Send + Sync + 'static;
+
 #[derive(Clone)]
 pub struct Engine {
     // The router's sender type is unnameable (its event type is private), so it lives
     // captured inside this closure.
     build: Arc<BuildLink>,
+    router_full: Arc<RouterFull>,
     system: mpsc::UnboundedSender<SystemPublish>,
 }
 
@@ -33,15 +37,20 @@ pub struct GeneralLink {
     pub tx: LinkTx,
     pub events: mpsc::Receiver<Notification>,
     pump: tokio::task::JoinHandle<()>,
+    router_full: Arc<RouterFull>,
 }
 
 impl GeneralLink {
     /// Sends a client packet to the router.
     ///
     /// `LinkTx::send` is `async` in name only: it pushes to a buffer and does a blocking send
-    /// on the router's bounded channel, which only blocks when the router thread is
-    /// saturated; that is the backpressure we want on general-plane publishers.
+    /// on the router's bounded channel. That channel is only full when the router thread is
+    /// saturated; we wait for room asynchronously first, so a runtime thread is never blocked
+    /// and the backpressure still reaches general-plane publishers.
     pub async fn send(&mut self, packet: Packet) -> Result<(), LinkError> {
+        while (self.router_full)() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         self.tx.send(packet).await.map(|_| ())
     }
 
@@ -71,6 +80,8 @@ impl Engine {
             shared_subscriptions_strategy: Default::default(),
         };
         let router_tx = Router::new(0, router_cfg).spawn();
+        let probe = router_tx.clone();
+        let router_full: Arc<RouterFull> = Arc::new(move || probe.is_full());
         let build: Arc<BuildLink> = Arc::new(move |client_id: &str, clean: bool| {
             LinkBuilder::new(client_id, router_tx.clone())
                 .clean_session(clean)
@@ -86,7 +97,11 @@ impl Engine {
             .name("chatmq-system-link".into())
             .spawn(move || system_link(tx, rx, &mut queue))
             .map_err(|_| Box::new(LinkError::NotConnectionAck))?;
-        Ok(Engine { build, system })
+        Ok(Engine {
+            build,
+            router_full,
+            system,
+        })
     }
 
     /// Opens a link for `client_id` (the namespaced id, made router-safe here).
@@ -119,7 +134,12 @@ impl Engine {
                 }
             }
         });
-        Ok(GeneralLink { tx, events, pump })
+        Ok(GeneralLink {
+            tx,
+            events,
+            pump,
+            router_full: self.router_full.clone(),
+        })
     }
 
     /// Publishes on the general plane on the broker's behalf (a will message).

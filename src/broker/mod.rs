@@ -9,6 +9,7 @@ pub mod conn;
 pub mod engine;
 pub mod registry;
 pub mod sessions;
+pub mod throttle;
 pub mod transport;
 
 use crate::acl::Acl;
@@ -157,8 +158,10 @@ pub struct BrokerState {
     pub engine: engine::Engine,
     pub sessions: sessions::Sessions,
     pub chat: Arc<dyn ChatPlane>,
-    /// One permit per open connection (`mqtt.max_connections`).
+    /// One permit per open connection (`mqtt.max_connections`), taken at accept.
     pub connection_slots: Arc<Semaphore>,
+    /// Failed logins per source address.
+    pub auth_throttle: throttle::AuthThrottle,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -197,6 +200,10 @@ impl BrokerState {
         let engine = engine::Engine::start(&config.engine)
             .map_err(|e| BrokerError::Engine(e.to_string()))?;
         let slots = Arc::new(Semaphore::new(config.mqtt.max_connections));
+        let auth_throttle = throttle::AuthThrottle::new(
+            config.auth.failures_per_minute,
+            config.auth.failures_burst,
+        );
         Ok(Arc::new(BrokerState {
             auth,
             acl,
@@ -205,6 +212,7 @@ impl BrokerState {
             sessions: sessions::Sessions::default(),
             chat,
             connection_slots: slots,
+            auth_throttle,
             shutdown,
             config,
         }))

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::rustls;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -21,8 +22,8 @@ pub async fn start(state: Arc<BrokerState>) -> Result<BoundAddrs, BrokerError> {
     bound.tcp = tcp.local_addr().ok();
     info!(addr = ?bound.tcp, "mqtt listener");
     let s = state.clone();
-    tokio::spawn(accept_loop(tcp, s, |stream, peer, state| async move {
-        conn::serve(stream, peer, state).await;
+    tokio::spawn(accept_loop(tcp, s, |stream, peer, state, slot| async move {
+        conn::serve(stream, peer, state, slot).await;
     }));
 
     if let Some(tls) = &cfg.tls {
@@ -33,7 +34,7 @@ pub async fn start(state: Arc<BrokerState>) -> Result<BoundAddrs, BrokerError> {
         tokio::spawn(accept_loop(
             listener,
             state.clone(),
-            move |stream, peer, state| {
+            move |stream, peer, state, slot| {
                 let acceptor = acceptor.clone();
                 async move {
                     match tokio::time::timeout(
@@ -42,7 +43,7 @@ pub async fn start(state: Arc<BrokerState>) -> Result<BoundAddrs, BrokerError> {
                     )
                     .await
                     {
-                        Ok(Ok(tls)) => conn::serve(tls, peer, state).await,
+                        Ok(Ok(tls)) => conn::serve(tls, peer, state, slot).await,
                         Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
                         Err(_) => debug!(%peer, "tls handshake timed out"),
                     }
@@ -59,9 +60,9 @@ pub async fn start(state: Arc<BrokerState>) -> Result<BoundAddrs, BrokerError> {
         tokio::spawn(accept_loop(
             listener,
             state.clone(),
-            move |stream, peer, state| {
+            move |stream, peer, state, slot| {
                 let path = path.clone();
-                async move { websocket(stream, peer, state, &path).await }
+                async move { websocket(stream, peer, state, slot, &path).await }
             },
         ));
     }
@@ -76,7 +77,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BrokerError> {
 
 async fn accept_loop<F, Fut>(listener: TcpListener, state: Arc<BrokerState>, handle: F)
 where
-    F: Fn(TcpStream, SocketAddr, Arc<BrokerState>) -> Fut + Send + 'static,
+    F: Fn(TcpStream, SocketAddr, Arc<BrokerState>, OwnedSemaphorePermit) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut shutdown = state.shutdown.clone();
@@ -87,9 +88,18 @@ where
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Refused sockets cost a close and nothing else: no task, no handshake.
+                if state.auth_throttle.is_blocked(peer.ip()) {
+                    continue;
+                }
+                let Ok(slot) = state.connection_slots.clone().try_acquire_owned() else {
+                    metrics::counter!(crate::metrics::CONNECTS, "result" => "server_busy")
+                        .increment(1);
+                    continue;
+                };
                 // Small chat packets must not wait for Nagle + delayed ACK (a ~40 ms tail).
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(handle(stream, peer, state.clone()));
+                tokio::spawn(handle(stream, peer, state.clone(), slot));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; the listener stays up.
@@ -133,7 +143,13 @@ fn tls_acceptor(
 /// connection task through an in-memory pipe.
 // The handshake callback's error type is tungstenite's, large by design.
 #[allow(clippy::result_large_err)]
-async fn websocket(stream: TcpStream, peer: SocketAddr, state: Arc<BrokerState>, path: &str) {
+async fn websocket(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<BrokerState>,
+    slot: OwnedSemaphorePermit,
+    path: &str,
+) {
     let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != path {
             let mut e = ErrorResponse::new(Some("not found".into()));
@@ -191,5 +207,5 @@ async fn websocket(stream: TcpStream, peer: SocketAddr, state: Arc<BrokerState>,
         }
         let _ = sink.close().await;
     });
-    conn::serve(ours, peer, state).await;
+    conn::serve(ours, peer, state, slot).await;
 }

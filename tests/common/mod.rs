@@ -6,6 +6,7 @@ use chatmq::config::Config;
 use chatmq::server::Server;
 use std::path::Path;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
@@ -289,4 +290,305 @@ pub fn msgpack(v: &serde_json::Value) -> Vec<u8> {
 
 pub fn unpack(bytes: &[u8]) -> serde_json::Value {
     rmp_serde::from_slice(bytes).expect("server payload is msgpack")
+}
+
+/// One MQTT packet: fixed header byte, remaining length, body.
+pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![first];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        v.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+/// An MQTT string or binary field: two-byte length, bytes.
+pub fn field(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// A CONNECT (`level` 4 = 3.1.1, 5 = 5.0) with clean session, user name and password.
+pub fn connect_v(level: u8, user: &str, token: &str, id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    field(&mut body, b"MQTT");
+    body.extend_from_slice(&[level, 0b1100_0010]);
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    for s in [id, user, token] {
+        field(&mut body, s.as_bytes());
+    }
+    packet(0x10, &body)
+}
+
+/// A 3.1.1 CONNECT with clean session, keep-alive 30 s, user name and password.
+pub fn connect_packet(user: &str, token: &str, id: &str) -> Vec<u8> {
+    connect_v(4, user, token, id, 30)
+}
+
+/// A raw TCP connection to the broker from `source` (an address on 127/8, so tests can
+/// act as distinct clients), with `hello` written.
+pub async fn raw_from(source: &str, port: u16, hello: &[u8]) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(format!("{source}:0").parse().expect("source"))
+        .expect("bind source");
+    let mut s = sock
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .expect("connect");
+    s.write_all(hello).await.expect("write");
+    s
+}
+
+/// Reads the first bytes the broker answers with (the CONNACK), if any within `ms`.
+pub async fn first_answer(s: &mut tokio::net::TcpStream, ms: u64) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_millis(ms), s.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+/// Whether the broker closes the socket within `secs` (whatever it sends first is read and
+/// discarded).
+pub async fn closed_within(s: &mut tokio::net::TcpStream, secs: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Opens one raw TCP connection per entry of `sessions`, `concurrency` at a time: writes the
+/// bytes, waits up to `read_ms` for an answer, closes.
+pub async fn raw_sessions(port: u16, sessions: Vec<Vec<u8>>, concurrency: usize, read_ms: u64) {
+    let mut tasks = Vec::new();
+    for bytes in sessions {
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                return;
+            };
+            let _ = s.write_all(&bytes).await;
+            let mut buf = [0u8; 256];
+            let _ = tokio::time::timeout(Duration::from_millis(read_ms), s.read(&mut buf)).await;
+        }));
+        if tasks.len() >= concurrency {
+            for t in tasks.drain(..) {
+                let _ = t.await;
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+
+/// A client speaking raw MQTT bytes, for checking the wire exactly (reason codes, reason
+/// strings, what is and is not acknowledged).
+pub struct Raw {
+    pub s: tokio::net::TcpStream,
+    pub level: u8,
+    buf: Vec<u8>,
+}
+
+/// A packet as read: fixed header byte and body.
+pub type RawPacket = (u8, Vec<u8>);
+
+impl Raw {
+    /// Connects as `user` (level 4 or 5) from `source` and returns the client and the
+    /// CONNACK's body (`None`: no CONNACK).
+    pub async fn connect(
+        b: &Broker,
+        source: &str,
+        level: u8,
+        user: &str,
+        id: &str,
+        keep_alive: u16,
+    ) -> (Raw, Option<Vec<u8>>) {
+        let token = b.token(user);
+        let s = raw_from(source, b.port, &connect_v(level, user, &token, id, keep_alive)).await;
+        let mut raw = Raw {
+            s,
+            level,
+            buf: Vec::new(),
+        };
+        let connack = match raw.next(5000).await {
+            Some((0x20, body)) => Some(body),
+            _ => None,
+        };
+        (raw, connack)
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.s.write_all(bytes).await;
+    }
+
+    /// The next whole packet within `ms`; `None` on timeout or close.
+    pub async fn next(&mut self, ms: u64) -> Option<RawPacket> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            if let Some((first, len, header)) = parse_header(&self.buf) {
+                if self.buf.len() >= header + len {
+                    let body = self.buf[header..header + len].to_vec();
+                    self.buf.drain(..header + len);
+                    return Some((first, body));
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next packet whose type (high nibble) is `kind`, skipping others (answering
+    /// incoming QoS 1 publishes so the broker's window stays open).
+    pub async fn next_of(&mut self, kind: u8, ms: u64) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (first, body) = self.next(left.as_millis() as u64).await?;
+            if first >> 4 == kind {
+                return Some(body);
+            }
+            if first >> 4 == 3 && (first >> 1) & 3 == 1 {
+                let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+                let pkid = [body[2 + topic_len], body[3 + topic_len]];
+                self.send(&packet(0x40, &pkid)).await;
+            }
+        }
+    }
+
+    pub fn publish_packet(&self, topic: &str, payload: &[u8], qos: u8, pkid: u16) -> Vec<u8> {
+        let mut body = Vec::new();
+        field(&mut body, topic.as_bytes());
+        if qos > 0 {
+            body.extend_from_slice(&pkid.to_be_bytes());
+        }
+        if self.level == 5 {
+            body.push(0);
+        }
+        body.extend_from_slice(payload);
+        packet(0x30 | (qos << 1), &body)
+    }
+
+    pub async fn publish(&mut self, topic: &str, payload: &[u8], qos: u8, pkid: u16) {
+        let p = self.publish_packet(topic, payload, qos, pkid);
+        self.send(&p).await;
+    }
+
+    pub async fn subscribe(&mut self, pkid: u16, filters: &[&str]) -> Vec<u8> {
+        let mut body = pkid.to_be_bytes().to_vec();
+        if self.level == 5 {
+            body.push(0);
+        }
+        for f in filters {
+            field(&mut body, f.as_bytes());
+            body.push(1);
+        }
+        self.send(&packet(0x82, &body)).await;
+        let ack = self.next_of(9, 5000).await.expect("SUBACK");
+        suback_codes(self.level, &ack)
+    }
+}
+
+/// (first byte, remaining length, header length) once the fixed header is complete.
+fn parse_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    let first = *buf.first()?;
+    let mut len = 0usize;
+    for i in 0..4 {
+        let b = *buf.get(1 + i)?;
+        len |= ((b & 0x7F) as usize) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((first, len, 2 + i));
+        }
+    }
+    None
+}
+
+/// A variable byte integer at `at`: (value, bytes used).
+pub fn varint(b: &[u8], at: usize) -> (usize, usize) {
+    let mut v = 0usize;
+    for i in 0..4 {
+        let byte = b.get(at + i).copied().unwrap_or(0);
+        v |= ((byte & 0x7F) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (v, i + 1);
+        }
+    }
+    (v, 4)
+}
+
+/// The return codes of a SUBACK body.
+pub fn suback_codes(level: u8, body: &[u8]) -> Vec<u8> {
+    let mut at = 2;
+    if level == 5 {
+        let (n, used) = varint(body, at);
+        at += used + n;
+    }
+    body[at..].to_vec()
+}
+
+/// A 5.0 PUBACK/PUBREC body: (packet id, reason code, reason string).
+pub fn ack_v5(body: &[u8]) -> (u16, u8, Option<String>) {
+    let pkid = u16::from_be_bytes([body[0], body[1]]);
+    let reason = body.get(2).copied().unwrap_or(0);
+    let mut text = None;
+    if body.len() > 3 {
+        let (n, used) = varint(body, 3);
+        let props = &body[3 + used..3 + used + n];
+        let mut i = 0;
+        while i < props.len() {
+            let id = props[i];
+            let len = u16::from_be_bytes([props[i + 1], props[i + 2]]) as usize;
+            if id == 0x1F {
+                text = Some(String::from_utf8_lossy(&props[i + 3..i + 3 + len]).into_owned());
+            }
+            i += 3 + len;
+        }
+    }
+    (pkid, reason, text)
+}
+
+/// A 5.0 CONNACK's Server Keep Alive (property 0x13), if present.
+pub fn server_keep_alive(connack: &[u8]) -> Option<u16> {
+    let (n, used) = varint(connack, 2);
+    let props = &connack[2 + used..2 + used + n];
+    let mut i = 0;
+    while i < props.len() {
+        let id = props[i];
+        let len = match id {
+            0x13 | 0x21 | 0x22 => 2,
+            0x11 | 0x27 => 4,
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2A | 0x17 | 0x19 | 0x01 => 1,
+            0x26 => {
+                let a = u16::from_be_bytes([props[i + 1], props[i + 2]]) as usize;
+                let b = u16::from_be_bytes([props[i + 3 + a], props[i + 4 + a]]) as usize;
+                4 + a + b
+            }
+            _ => 2 + u16::from_be_bytes([props[i + 1], props[i + 2]]) as usize,
+        };
+        if id == 0x13 {
+            return Some(u16::from_be_bytes([props[i + 1], props[i + 2]]));
+        }
+        i += 1 + len;
+    }
+    None
 }
