@@ -7,7 +7,6 @@ use common::*;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as Code5, Packet as P5};
 use rumqttc::{ConnectReturnCode, LastWill, Packet, QoS, SubscribeReasonCode};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn refused_v4(got: Option<Got<Packet>>) -> Option<ConnectReturnCode> {
     match got {
@@ -499,18 +498,7 @@ async fn two_thousand_duplicate_client_id_reconnects_leave_the_listener_serving(
 #[tokio::test]
 async fn http_endpoints() {
     let b = Broker::start().await;
-    let http = b.server.as_ref().and_then(|s| s.http).expect("http");
-    let get = |path: &'static str| async move {
-        let mut s = tokio::net::TcpStream::connect(http).await.expect("connect");
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        out
-    };
+    let get = |path: &'static str| http_get(&b, path);
     let mut c = v4_user(b.port, &b, "alice", "m").await;
     v4_subscribe(&mut c, "iot/alice/m").await;
     assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));

@@ -43,7 +43,11 @@ async fn topics_starting_with_a_multibyte_character_are_refused_not_fatal() {
         c5.publish(topic, b"x", 1, 10 + i as u16).await;
         let (pkid, reason, _) = ack_v5(&c5.next_of(4, 5000).await.expect("PUBACK"));
         assert_eq!(pkid, 10 + i as u16);
-        let expected = if topic.starts_with("public/") { 0 } else { 0x90 };
+        let expected = if topic.starts_with("public/") {
+            0
+        } else {
+            0x90
+        };
         assert_eq!(reason, expected, "{topic}");
     }
     let codes = c5.subscribe(1, &filters).await;
@@ -60,8 +64,13 @@ async fn topics_starting_with_a_multibyte_character_are_refused_not_fatal() {
 
     // Both still serve chat after all of it.
     assert_eq!(c4.subscribe(3, &["chat/u/mb/in/#"]).await, vec![1]);
-    c4.publish("chat/u/mb/out/send", &send_payload("c1", "u:other", "hi"), 1, 30)
-        .await;
+    c4.publish(
+        "chat/u/mb/out/send",
+        &send_payload("c1", "u:other", "hi"),
+        1,
+        30,
+    )
+    .await;
     let ack = c4.next_of(3, 5000).await.expect("sent ack on in/ack");
     assert!(String::from_utf8_lossy(&ack).contains("chat/u/mb/in/ack"));
 
@@ -70,7 +79,13 @@ async fn topics_starting_with_a_multibyte_character_are_refused_not_fatal() {
     let mut body = Vec::new();
     field(&mut body, b"MQTT");
     body.extend_from_slice(&[4, 0b1100_0110, 0, 30]);
-    for s in [&b"will"[..], "é/will".as_bytes(), b"bye", b"mb", token.as_bytes()] {
+    for s in [
+        &b"will"[..],
+        "é/will".as_bytes(),
+        b"bye",
+        b"mb",
+        token.as_bytes(),
+    ] {
         field(&mut body, s);
     }
     let mut w = raw_from("127.0.0.1", b.port, &packet(0x10, &body)).await;
@@ -91,7 +106,10 @@ async fn keep_alive_zero_gets_the_server_keep_alive_and_is_timed_out() {
     // 3.1.1 has no Server Keep Alive: the cap applies, a silent client is closed.
     let (mut c4, ack) = Raw::connect(&b, "127.0.0.1", 4, "ka", "v4", 0).await;
     assert_eq!(ack.expect("connack")[1], 0);
-    assert!(closed_within(&mut c4.s, 10).await, "silent keep-alive-0 client kept");
+    assert!(
+        closed_within(&mut c4.s, 10).await,
+        "silent keep-alive-0 client kept"
+    );
     // A client that pings within the cap stays.
     let (mut p, _) = Raw::connect(&b, "127.0.0.1", 4, "ka", "pinger", 1).await;
     for _ in 0..4 {
@@ -107,7 +125,8 @@ async fn half_sent_packets_and_slowloris_are_cut_at_the_packet_deadline() {
     let b = Broker::start_with(|c| c.mqtt.packet_timeout_ms = 500).await;
     // A PUBLISH announcing 1000 bytes, 10 sent.
     let (mut half, _) = Raw::connect(&b, "127.0.0.1", 4, "slow", "half", 30).await;
-    half.send(&[0x30, 0xE8, 0x07, 0, 5, b'p', b'u', b'b', b'/', b'x']).await;
+    half.send(&[0x30, 0xE8, 0x07, 0, 5, b'p', b'u', b'b', b'/', b'x'])
+        .await;
     assert!(closed_within(&mut half.s, 5).await, "half packet kept");
     // One byte every 200 ms never completes the packet: the deadline is not moved by reads.
     let (mut drip, _) = Raw::connect(&b, "127.0.0.1", 4, "slow", "drip", 30).await;
@@ -140,7 +159,11 @@ async fn subscriptions_per_connection_are_capped() {
     let (mut c5, _) = Raw::connect(&b, "127.0.0.1", 5, "cap", "v5", 30).await;
     let codes = c5.subscribe(1, &refs).await;
     assert_eq!(codes[..50], vec![1; 50][..]);
-    assert_eq!(codes[50..], vec![0x97; 10][..], "QuotaExceeded past the cap");
+    assert_eq!(
+        codes[50..],
+        vec![0x97; 10][..],
+        "QuotaExceeded past the cap"
+    );
     // At the cap: a filter already held may be subscribed again; chat filters count too.
     assert_eq!(c5.subscribe(2, &["iot/cap/3"]).await, vec![1]);
     assert_eq!(c5.subscribe(3, &["chat/u/cap/in/#"]).await, vec![0x97]);

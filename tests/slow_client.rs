@@ -67,7 +67,12 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_loses_nothing() {
             let v = json!({"cid": format!("m{sent}"), "to": "u:bob", "body": {"type": "text", "text": text}});
             alice
                 .client
-                .publish("chat/u/alice/out/send", QoS::AtLeastOnce, false, msgpack(&v))
+                .publish(
+                    "chat/u/alice/out/send",
+                    QoS::AtLeastOnce,
+                    false,
+                    msgpack(&v),
+                )
                 .await
                 .expect("publish");
             sent += 1;
@@ -81,7 +86,10 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_loses_nothing() {
     }
     let elapsed = started.elapsed();
     sampler.abort();
-    let growth_mb = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(base) / 1024;
+    let growth_mb = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(base)
+        / 1024;
     println!(
         "{MESSAGES} x {TEXT} B acked in {:.2} s ({:.0} msg/s) with bob stuck; RSS growth {growth_mb} MB",
         elapsed.as_secs_f64(),

@@ -22,9 +22,13 @@ pub async fn start(state: Arc<BrokerState>) -> Result<BoundAddrs, BrokerError> {
     bound.tcp = tcp.local_addr().ok();
     info!(addr = ?bound.tcp, "mqtt listener");
     let s = state.clone();
-    tokio::spawn(accept_loop(tcp, s, |stream, peer, state, slot| async move {
-        conn::serve(stream, peer, state, slot).await;
-    }));
+    tokio::spawn(accept_loop(
+        tcp,
+        s,
+        |stream, peer, state, slot| async move {
+            conn::serve(stream, peer, state, slot).await;
+        },
+    ));
 
     if let Some(tls) = &cfg.tls {
         let acceptor = tls_acceptor(&tls.cert, &tls.key)?;

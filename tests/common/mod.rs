@@ -97,6 +97,18 @@ impl Broker {
     }
 }
 
+/// GET `path` from the broker's HTTP listener: the whole response, status line first.
+pub async fn http_get(b: &Broker, path: &str) -> String {
+    let http = b.server.as_ref().and_then(|s| s.http).expect("http");
+    let mut s = tokio::net::TcpStream::connect(http).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}
+
 pub fn token_ttl(cfg: &Config, user: &str, ttl: u64) -> String {
     chatmq::auth::mint(&cfg.auth, user, Duration::from_secs(ttl)).expect("mint")
 }
@@ -398,7 +410,6 @@ pub async fn raw_sessions(port: u16, sessions: Vec<Vec<u8>>, concurrency: usize,
     }
 }
 
-
 /// A client speaking raw MQTT bytes, for checking the wire exactly (reason codes, reason
 /// strings, what is and is not acknowledged).
 pub struct Raw {
@@ -422,7 +433,12 @@ impl Raw {
         keep_alive: u16,
     ) -> (Raw, Option<Vec<u8>>) {
         let token = b.token(user);
-        let s = raw_from(source, b.port, &connect_v(level, user, &token, id, keep_alive)).await;
+        let s = raw_from(
+            source,
+            b.port,
+            &connect_v(level, user, &token, id, keep_alive),
+        )
+        .await;
         let mut raw = Raw {
             s,
             level,
