@@ -88,14 +88,11 @@ async fn puback(c: &mut Raw, acks: &mut HashMap<String, bool>) -> (u16, u8, Opti
 
 /// Records an `in/ack` publish (5.0) and acknowledges it.
 async fn record_ack(c: &mut Raw, first: u8, body: &[u8], acks: &mut HashMap<String, bool>) {
-    let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
-    let mut at = 2 + topic_len;
-    if (first >> 1) & 3 > 0 {
-        c.send(&packet(0x40, &body[at..at + 2])).await;
-        at += 2;
+    let p = publish_parts(5, first, body);
+    if let Some(pkid) = p.pkid {
+        c.send(&packet(0x40, &pkid)).await;
     }
-    let (n, used) = varint(body, at);
-    let v = unpack(&body[at + used + n..]);
+    let v = unpack(&p.payload);
     if let Some(cid) = v["cid"].as_str() {
         acks.insert(cid.to_owned(), v.get("error").is_some());
     }

@@ -451,25 +451,52 @@ impl Raw {
         (raw, connack)
     }
 
+    /// Connects to 127.0.0.1:`port` with a ready token; `None` unless the broker answered
+    /// CONNACK success.
+    pub async fn open(port: u16, level: u8, user: &str, token: &str, id: &str) -> Option<Raw> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(&connect_v(level, user, token, id, 30))
+            .await
+            .ok()?;
+        let mut raw = Raw {
+            s,
+            level,
+            buf: Vec::new(),
+        };
+        match raw.next(5000).await {
+            Some((0x20, body)) if body.get(1) == Some(&0) => Some(raw),
+            _ => None,
+        }
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         let _ = self.s.write_all(bytes).await;
     }
 
     /// The next whole packet within `ms`; `None` on timeout or close.
     pub async fn next(&mut self, ms: u64) -> Option<RawPacket> {
+        self.poll(ms).await.ok().flatten()
+    }
+
+    /// The next whole packet within `ms`: `Ok(None)` on timeout, `Err(())` once the
+    /// connection is closed.
+    pub async fn poll(&mut self, ms: u64) -> Result<Option<RawPacket>, ()> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
         loop {
             if let Some((first, len, header)) = parse_header(&self.buf) {
                 if self.buf.len() >= header + len {
                     let body = self.buf[header..header + len].to_vec();
                     self.buf.drain(..header + len);
-                    return Some((first, body));
+                    return Ok(Some((first, body)));
                 }
             }
             let mut chunk = [0u8; 16 * 1024];
             match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
                 Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
-                _ => return None,
+                Ok(_) => return Err(()),
+                Err(_) => return Ok(None),
             }
         }
     }
@@ -485,9 +512,9 @@ impl Raw {
                 return Some(body);
             }
             if first >> 4 == 3 && (first >> 1) & 3 == 1 {
-                let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
-                let pkid = [body[2 + topic_len], body[3 + topic_len]];
-                self.send(&packet(0x40, &pkid)).await;
+                if let Some(pkid) = publish_parts(self.level, first, &body).pkid {
+                    self.send(&packet(0x40, &pkid)).await;
+                }
             }
         }
     }
@@ -511,6 +538,11 @@ impl Raw {
     }
 
     pub async fn subscribe(&mut self, pkid: u16, filters: &[&str]) -> Vec<u8> {
+        self.try_subscribe(pkid, filters).await.expect("SUBACK")
+    }
+
+    /// The SUBACK's codes; `None` when none came (the connection went away).
+    pub async fn try_subscribe(&mut self, pkid: u16, filters: &[&str]) -> Option<Vec<u8>> {
         let mut body = pkid.to_be_bytes().to_vec();
         if self.level == 5 {
             body.push(0);
@@ -520,8 +552,8 @@ impl Raw {
             body.push(1);
         }
         self.send(&packet(0x82, &body)).await;
-        let ack = self.next_of(9, 5000).await.expect("SUBACK");
-        suback_codes(self.level, &ack)
+        let ack = self.next_of(9, 5000).await?;
+        Some(suback_codes(self.level, &ack))
     }
 }
 
@@ -607,4 +639,31 @@ pub fn server_keep_alive(connack: &[u8]) -> Option<u16> {
         i += 1 + len;
     }
     None
+}
+
+/// A received PUBLISH: topic, packet id (QoS > 0), payload.
+pub struct RawPublish {
+    pub topic: String,
+    pub pkid: Option<[u8; 2]>,
+    pub payload: Vec<u8>,
+}
+
+/// Splits a PUBLISH body (`level` 4 or 5).
+pub fn publish_parts(level: u8, first: u8, body: &[u8]) -> RawPublish {
+    let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let topic = String::from_utf8_lossy(&body[2..2 + topic_len]).into_owned();
+    let mut at = 2 + topic_len;
+    let pkid = ((first >> 1) & 3 > 0).then(|| {
+        at += 2;
+        [body[at - 2], body[at - 1]]
+    });
+    if level == 5 {
+        let (n, used) = varint(body, at);
+        at += used + n;
+    }
+    RawPublish {
+        topic,
+        pkid,
+        payload: body[at..].to_vec(),
+    }
 }
