@@ -70,14 +70,21 @@ pub fn packets(data: &[u8]) {
 /// ACL: no panic, and a name the ACL routes to the engine is one the engine can take.
 pub fn topics(data: &[u8]) {
     let s = String::from_utf8_lossy(data);
-    let (a, b) = s.split_at(s.char_indices().nth(s.chars().count() / 2).map_or(0, |(i, _)| i));
+    let (a, b) = s.split_at(
+        s.char_indices()
+            .nth(s.chars().count() / 2)
+            .map_or(0, |(i, _)| i),
+    );
     let _ = topic::valid_name(a);
     let _ = topic::valid_filter(a);
     let _ = topic::matches(a, b);
     let _ = topic::matches(b, a);
     let acl = acl();
     if acl.publish(&WHO, &s) == PublishRoute::General {
-        assert!(topic::engine_safe(&s) && topic::valid_name(&s).is_ok(), "{s:?}");
+        assert!(
+            topic::engine_safe(&s) && topic::valid_name(&s).is_ok(),
+            "{s:?}"
+        );
     }
     let _ = acl.subscribe(&WHO, &s);
 }

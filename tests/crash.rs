@@ -295,7 +295,10 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
 
     // History: every acknowledged cid exactly once, seqs dense, per conversation.
     let store = chatmq::store::open(&cfg.store).await.expect("reopen");
-    let l = ledger.lock();
+    let (acked_all, puback_only, bob_got) = {
+        let l = ledger.lock();
+        (l.acked.clone(), l.puback_only, l.bob_got.len())
+    };
     for conv in [&dm, &group] {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut seqs = Vec::new();
@@ -344,9 +347,9 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     }
     println!(
         "{kills} SIGKILLs survived; {} messages acknowledged ({} by PUBACK before their receipt); bob got {} DMs",
-        l.acked.len(),
-        l.puback_only,
-        l.bob_got.len()
+        acked_all.len(),
+        puback_only,
+        bob_got
     );
     let _ = store.flush().await;
 }
