@@ -324,8 +324,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         );
         let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
         assert!(dup.is_empty(), "{conv}: stored twice: {dup:?}");
-        let acked: Vec<&String> = l
-            .acked
+        let acked: Vec<&String> = acked_all
             .iter()
             .filter(|(_, c)| *c == conv)
             .map(|(cid, _)| cid)
