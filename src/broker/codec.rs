@@ -12,6 +12,15 @@ use rumqttd::protocol::{
     SubscribeReasonCode,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Panics caught in rumqttd's codec since start. Our own checks run first so this should stay
+/// 0; the fuzz targets and the random-bytes test hold it there.
+static CAUGHT_PANICS: AtomicU64 = AtomicU64::new(0);
+
+pub fn caught_panics() -> u64 {
+    CAUGHT_PANICS.load(Ordering::Relaxed)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -106,6 +115,11 @@ impl Codec {
             }
             Err(e) => return Err(CodecError::Malformed(e)),
         };
+        if !client_may_send(self.version, header.byte1) {
+            return Err(CodecError::Malformed(protocol::Error::InvalidPacketType(
+                header.byte1 >> 4,
+            )));
+        }
         let publish = if header.byte1 >> 4 == 3 {
             Some(publish_header(
                 &buf[..header.frame_length()],
@@ -123,7 +137,10 @@ impl Codec {
             Ok(Ok(packet)) => Ok(Frame::Packet(packet, publish)),
             Ok(Err(protocol::Error::InsufficientBytes(_))) => Ok(Frame::Incomplete),
             Ok(Err(e)) => Err(CodecError::Malformed(e)),
-            Err(_) => Err(CodecError::Panicked),
+            Err(_) => {
+                CAUGHT_PANICS.fetch_add(1, Ordering::Relaxed);
+                Err(CodecError::Panicked)
+            }
         }
     }
 
@@ -139,8 +156,30 @@ impl Codec {
         match result {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(CodecError::Malformed(e)),
-            Err(_) => Err(CodecError::Panicked),
+            Err(_) => {
+                CAUGHT_PANICS.fetch_add(1, Ordering::Relaxed);
+                Err(CodecError::Panicked)
+            }
         }
+    }
+}
+
+/// Whether a client may send a packet with this first byte (MQTT 2.1.2/2.1.3): a packet type
+/// only servers send, or reserved flags not as the spec fixes them, is malformed. Checked
+/// before rumqttd's readers see the packet (they assume a well-formed type).
+fn client_may_send(version: Version, byte1: u8) -> bool {
+    let flags = byte1 & 0x0F;
+    match byte1 >> 4 {
+        // CONNECT (a second one is refused by the connection), PUBACK, PUBREC, PUBCOMP,
+        // PINGREQ, DISCONNECT.
+        1 | 4 | 5 | 7 | 12 | 14 => flags == 0,
+        3 => true,
+        // PUBREL, SUBSCRIBE, UNSUBSCRIBE.
+        6 | 8 | 10 => flags == 0b0010,
+        // AUTH exists in 5.0 only.
+        15 => version == Version::V5 && flags == 0,
+        // 0 is reserved; CONNACK, SUBACK, UNSUBACK, PINGRESP are server → client.
+        _ => false,
     }
 }
 
@@ -253,6 +292,27 @@ impl ReplyProps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_only_packets_and_bad_flags_are_malformed() {
+        for (bytes, ok) in [
+            (&[0xC0u8, 0][..], true),         // PINGREQ
+            (&[0xD0, 0][..], false),          // PINGRESP
+            (&[0x20, 2, 0, 0][..], false),    // CONNACK
+            (&[0x90, 3, 0, 1, 0][..], false), // SUBACK
+            (&[0x60, 2, 0, 1][..], false),    // PUBREL without its fixed flags
+            (&[0x62, 2, 0, 1][..], true),
+            (&[0xC1, 0][..], false), // PINGREQ with a flag
+            (&[0x00, 0][..], false),
+        ] {
+            let mut c = Codec::new(Version::V4, 1024);
+            let mut buf = BytesMut::from(bytes);
+            let r = c.read(&mut buf);
+            assert_eq!(r.is_ok(), ok, "{bytes:x?}");
+        }
+        let mut c = Codec::new(Version::V4, 1024);
+        assert!(c.read(&mut BytesMut::from(&[0xF0u8, 0][..])).is_err());
+    }
 
     fn connect_bytes(level: u8) -> Vec<u8> {
         // CONNECT, protocol "MQTT", level, flags clean, keepalive 10, client id "c"
