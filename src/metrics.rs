@@ -38,8 +38,8 @@ pub const STORE_FAILURES: &str = "chatmq_store_failures_total";
 /// Counter, label `reason` (`queue_full`, `write_timeout`): connections closed because the
 /// client did not take its deliveries fast enough.
 pub const SLOW_CLIENTS: &str = "chatmq_slow_client_disconnects_total";
-/// Counter, label `limit` (`sessions`, `subscriptions`): requests refused at a per-client or
-/// per-user cap.
+/// Counter, label `limit` (`sessions`, `subscriptions`, `delayed_wills`): requests refused
+/// (or, for wills, published without their delay) at a cap.
 pub const LIMITS_HIT: &str = "chatmq_limits_hit_total";
 /// Counter: 3.1.1 connections closed without PUBACK because a publish could not be stored.
 pub const UNSTORED_CLOSES: &str = "chatmq_unstored_publish_closes_total";

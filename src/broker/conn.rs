@@ -1406,10 +1406,18 @@ impl Conn {
             engine.publish_will(&will.will, will.props.as_ref());
             return;
         }
-        // 5.0 will delay: publish later unless the client id is back online by then.
+        // 5.0 will delay: publish later unless the client id is back online by then. At most
+        // `mqtt.max_connections` wills wait at once; past that one is published now (early,
+        // never lost).
+        let Ok(slot) = self.state.will_slots.clone().try_acquire_owned() else {
+            metrics::counter!(m::LIMITS_HIT, "limit" => "delayed_wills").increment(1);
+            engine.publish_will(&will.will, will.props.as_ref());
+            return;
+        };
         let state = self.state.clone();
         let id = self.namespaced.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             tokio::time::sleep(delay).await;
             if !state.sessions.is_live(&id) {
                 engine.publish_will(&will.will, will.props.as_ref());

@@ -162,6 +162,8 @@ pub struct BrokerState {
     pub connection_slots: Arc<Semaphore>,
     /// Failed logins per source address.
     pub auth_throttle: throttle::AuthThrottle,
+    /// One permit per 5.0 will waiting for its delay (`mqtt.max_connections`).
+    pub will_slots: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -213,6 +215,7 @@ impl BrokerState {
             chat,
             connection_slots: slots,
             auth_throttle,
+            will_slots: Arc::new(Semaphore::new(config.mqtt.max_connections)),
             shutdown,
             config,
         }))
