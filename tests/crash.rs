@@ -8,7 +8,7 @@
 
 mod common;
 
-use chatmq::store::{ConvId, PageDir};
+use chatmq::store::ConvId;
 use common::*;
 use rand::Rng;
 use serde_json::json;
@@ -300,23 +300,12 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         (l.acked.clone(), l.puback_only, l.bob_got.len())
     };
     for conv in [&dm, &group] {
+        let stored = all_messages(store.as_ref(), conv).await;
         let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut seqs = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = store
-                .history(conv, PageDir::After(after), 100)
-                .await
-                .expect("history");
-            for m in &page.messages {
-                *seen.entry(m.cid.clone()).or_default() += 1;
-                seqs.push(m.seq);
-                after = m.seq;
-            }
-            if !page.has_more {
-                break;
-            }
+        for m in &stored {
+            *seen.entry(m.cid.clone()).or_default() += 1;
         }
+        let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
         assert_eq!(
             seqs,
             (1..=seqs.len() as u64).collect::<Vec<_>>(),

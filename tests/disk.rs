@@ -7,7 +7,7 @@
 
 mod common;
 
-use chatmq::store::{ConvId, PageDir};
+use chatmq::store::ConvId;
 use common::*;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -224,24 +224,9 @@ async fn a_full_disk_gets_no_success_ack_readyz_503_and_recovers() {
     drop((alice, carol));
     b.stop().await;
     let store = chatmq::store::open(&cfg).await.expect("reopen");
-    let conv = ConvId::direct("alice", "bob");
-    let mut cids = Vec::new();
-    let mut seqs = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = store
-            .history(&conv, PageDir::After(after), 100)
-            .await
-            .expect("history");
-        for m in &page.messages {
-            cids.push(m.cid.clone());
-            seqs.push(m.seq);
-            after = m.seq;
-        }
-        if !page.has_more {
-            break;
-        }
-    }
+    let stored = all_messages(store.as_ref(), &ConvId::direct("alice", "bob")).await;
+    let cids: Vec<String> = stored.iter().map(|m| m.cid.clone()).collect();
+    let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
     let unique: HashSet<_> = cids.iter().cloned().collect();
     assert_eq!(unique.len(), cids.len(), "a message stored twice");
     for cid in &acked {

@@ -76,19 +76,12 @@ async fn topics_starting_with_a_multibyte_character_are_refused_not_fatal() {
 
     // A will on such a topic: connected without the will.
     let token = b.token("mb");
-    let mut body = Vec::new();
-    field(&mut body, b"MQTT");
-    body.extend_from_slice(&[4, 0b1100_0110, 0, 30]);
-    for s in [
-        &b"will"[..],
-        "é/will".as_bytes(),
-        b"bye",
-        b"mb",
-        token.as_bytes(),
-    ] {
-        field(&mut body, s);
-    }
-    let mut w = raw_from("127.0.0.1", b.port, &packet(0x10, &body)).await;
+    let mut w = raw_from(
+        "127.0.0.1",
+        b.port,
+        &connect_with_will("mb", &token, "will", "é/will"),
+    )
+    .await;
     let connack = first_answer(&mut w, 5000).await.expect("CONNACK");
     assert_eq!(connack[..4], [0x20, 2, 0, 0]);
 

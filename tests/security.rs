@@ -129,19 +129,8 @@ async fn no_path_from_one_user_into_another_users_data() {
         0x87
     );
     let token = b.token("mallory");
-    let mut body = Vec::new();
-    field(&mut body, b"MQTT");
-    body.extend_from_slice(&[4, 0b1100_0110, 0, 30]);
-    for s in [
-        &b"will"[..],
-        b"chat/u/alice/in/msg",
-        b"spoof",
-        b"mallory",
-        token.as_bytes(),
-    ] {
-        field(&mut body, s);
-    }
-    let mut w = raw_from("127.0.0.1", b.port, &packet(0x10, &body)).await;
+    let hello = connect_with_will("mallory", &token, "will", "chat/u/alice/in/msg");
+    let mut w = raw_from("127.0.0.1", b.port, &hello).await;
     assert!(first_answer(&mut w, 5000).await.is_some());
     drop(w); // an unclean close: a will would be published now
     assert!(

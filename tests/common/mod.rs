@@ -344,6 +344,39 @@ pub fn connect_v(level: u8, user: &str, token: &str, id: &str, keep_alive: u16) 
     packet(0x10, &body)
 }
 
+/// A 3.1.1 CONNECT with a QoS 0 will on `will_topic`.
+pub fn connect_with_will(user: &str, token: &str, id: &str, will_topic: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    field(&mut body, b"MQTT");
+    body.extend_from_slice(&[4, 0b1100_0110, 0, 30]);
+    for s in [id, will_topic, "bye", user, token] {
+        field(&mut body, s.as_bytes());
+    }
+    packet(0x10, &body)
+}
+
+/// Every message of `conv` in the store, oldest first.
+pub async fn all_messages(
+    store: &dyn chatmq::store::Store,
+    conv: &chatmq::store::ConvId,
+) -> Vec<chatmq::store::StoredMessage> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store
+            .history(conv, chatmq::store::PageDir::After(after), 100)
+            .await
+            .expect("history");
+        if let Some(last) = page.messages.last() {
+            after = last.seq;
+        }
+        all.extend(page.messages);
+        if !page.has_more {
+            return all;
+        }
+    }
+}
+
 /// A 3.1.1 CONNECT with clean session, keep-alive 30 s, user name and password.
 pub fn connect_packet(user: &str, token: &str, id: &str) -> Vec<u8> {
     connect_v(4, user, token, id, 30)
