@@ -1,8 +1,10 @@
-//! Disk trouble: the store on a small tmpfs that fills up. No success PUBACK and no sent
-//! receipt for an unstored message, `/readyz` 503 while it lasts, recovery by itself once
-//! there is room again, and nothing acknowledged is lost.
+//! Disk trouble: the store on a small tmpfs that fills up, and on an ext4 filesystem that goes
+//! read-only under the broker (a filesystem error with `errors=remount-ro`). No success PUBACK
+//! and no sent receipt for an unstored message, `/readyz` 503 while it lasts, recovery (by
+//! itself once a full disk has room; by a restart once the read-only filesystem is mounted
+//! again), and nothing acknowledged is lost.
 //!
-//! Needs root (to mount the tmpfs). Without it the test says why and does not pass; with
+//! Needs root (to mount). Without it the test says why and does not pass; with
 //! `CHATMQ_REQUIRE_SERVICES=1` (set by `.ci/run`) it fails instead.
 
 mod common;
@@ -49,6 +51,74 @@ impl Drop for Tmpfs {
             .arg("-l")
             .arg(self.dir.path())
             .status();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// An ext4 filesystem in a loop file, mounted with `errors=remount-ro`; unmounted and
+/// detached on drop.
+struct Ext4 {
+    dir: tempfile::TempDir,
+    device: String,
+}
+
+impl Ext4 {
+    fn mount() -> Result<Ext4, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let image = dir.path().join("fs.img");
+        let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+        file.set_len(64 << 20).map_err(|e| e.to_string())?;
+        let device = run("losetup", &["-f", "--show", &image.display().to_string()])?;
+        let fs = Ext4 { dir, device };
+        std::fs::create_dir_all(fs.path()).map_err(|e| e.to_string())?;
+        run("mkfs.ext4", &["-q", &fs.device])?;
+        fs.mount_again()?;
+        Ok(fs)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    fn mount_again(&self) -> Result<(), String> {
+        let path = self.path().display().to_string();
+        run("mount", &["-o", "errors=remount-ro", &self.device, &path]).map(|_| ())
+    }
+
+    /// What a failing disk does to ext4 with `errors=remount-ro`: read-only at once, with
+    /// the broker's files still open.
+    fn fail(&self) {
+        let name = self.device.trim_start_matches("/dev/");
+        std::fs::write(
+            format!("/sys/fs/ext4/{name}/trigger_fs_error"),
+            "chatmq test\n",
+        )
+        .expect("trigger an ext4 error");
+    }
+
+    fn unmount(&self) {
+        let _ = run("umount", &[&self.path().display().to_string()]);
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
     }
 }
 
@@ -233,5 +303,90 @@ async fn a_full_disk_gets_no_success_ack_readyz_503_and_recovers() {
         assert!(unique.contains(cid), "acknowledged {cid} is not stored");
     }
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "seq gap");
+    let _ = store.flush().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filesystem_gone_read_only_gets_no_success_ack_and_loses_nothing() {
+    let fs = match Ext4::mount() {
+        Ok(fs) => fs,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let db = fs.path().join("chatmq.db");
+    let b = Broker::start_with(|c| {
+        if let chatmq::store::StoreConfig::Sqlite(s) = &mut c.store {
+            s.path = db.clone();
+        }
+    })
+    .await;
+    let (mut alice, _) = Raw::connect(&b, "127.0.0.1", 5, "alice", "v5", 30).await;
+    assert_eq!(alice.subscribe(1, &["chat/u/alice/in/ack"]).await, vec![1]);
+    let mut acks = HashMap::new();
+    let mut acked = HashSet::new();
+    for i in 0..20u16 {
+        let cid = format!("ok{i}");
+        alice
+            .publish("chat/u/alice/out/send", &send(&cid, "x"), 1, 1 + i)
+            .await;
+        assert_eq!(puback(&mut alice, &mut acks).await.1, 0);
+        acked.insert(cid);
+    }
+
+    fs.fail();
+    let mut refused = 0;
+    for i in 0..20u16 {
+        let cid = format!("ro{i}");
+        alice
+            .publish("chat/u/alice/out/send", &send(&cid, "x"), 1, 100 + i)
+            .await;
+        let (_, reason, why) = puback(&mut alice, &mut acks).await;
+        match reason {
+            0 => {
+                acked.insert(cid);
+            }
+            0x80 => {
+                assert!(
+                    why.as_deref().unwrap_or("").contains("not stored"),
+                    "{why:?}"
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected PUBACK reason {other:#x}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "the store never refused on a read-only filesystem"
+    );
+    let ready = http_get(&b, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    let (mut carol, _) = Raw::connect(&b, "127.0.0.1", 4, "carol", "v4", 30).await;
+    carol
+        .publish("chat/u/carol/out/send", &send("c1", "hi"), 1, 7)
+        .await;
+    assert_eq!(
+        carol.next_of(4, 5000).await,
+        None,
+        "PUBACK on a read-only store"
+    );
+    drop((alice, carol));
+
+    // The operator's repair: stop, mount the filesystem again, start on the same data.
+    let cfg = b.config.clone();
+    let dir = tempfile::tempdir().expect("dir");
+    b.stop().await;
+    fs.unmount();
+    fs.mount_again().expect("mount again");
+    let b = Broker::start_in(dir, cfg).await;
+    assert!(http_get(&b, "/readyz").await.starts_with("HTTP/1.1 200"));
+    let store_cfg = b.config.store.clone();
+    b.stop().await;
+    let store = chatmq::store::open(&store_cfg).await.expect("reopen");
+    let stored = all_messages(store.as_ref(), &ConvId::direct("alice", "bob")).await;
+    let cids: HashSet<String> = stored.iter().map(|m| m.cid.clone()).collect();
+    assert_eq!(cids.len(), stored.len(), "a message stored twice");
+    for cid in &acked {
+        assert!(cids.contains(cid), "acknowledged {cid} is not stored");
+    }
     let _ = store.flush().await;
 }
