@@ -250,3 +250,31 @@ async fn bad_token_floods_are_throttled_per_address() {
     assert!(refused);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn idle_sockets_and_slow_connects_are_closed_at_the_connect_deadline() {
+    let b = Broker::start_with(|c| c.mqtt.connect_timeout_ms = 500).await;
+    let token = b.token("slow");
+    let hello = connect_packet("slow", &token, "dribble");
+    let mut socks = Vec::new();
+    for i in 0..300 {
+        // Two thirds say nothing; the rest send half a CONNECT.
+        let bytes = if i % 3 == 0 {
+            &hello[..hello.len() / 2]
+        } else {
+            &[][..]
+        };
+        socks.push(raw_from("127.0.0.1", b.port, bytes).await);
+    }
+    // A good client is not held up by them.
+    let (_ok, ack) = Raw::connect(&b, "127.0.0.1", 4, "good", "phone", 30).await;
+    assert_eq!(ack.expect("connack")[1], 0);
+    let closed =
+        futures_util::future::join_all(socks.iter_mut().map(|s| closed_within(s, 5))).await;
+    assert!(
+        closed.iter().all(|c| *c),
+        "{} of 300 still open",
+        closed.iter().filter(|c| !**c).count()
+    );
+    b.stop().await;
+}

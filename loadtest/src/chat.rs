@@ -243,6 +243,8 @@ pub struct Acked {
     pub conv: String,
     pub seq: u64,
     pub due_ns: u64,
+    /// When the ack arrived.
+    pub acked_ns: u64,
     /// What the scenario attached at send time (e.g. the recipient's index).
     pub tag: u32,
 }
@@ -295,6 +297,7 @@ impl Outbox {
             conv: a.conv,
             seq: a.seq,
             due_ns,
+            acked_ns: now_ns,
             tag,
         });
     }
@@ -416,6 +419,7 @@ mod tests {
                 conv: "d:a:b".into(),
                 seq: 1,
                 due_ns: 1_000,
+                acked_ns: 1_001_000,
                 tag: 7
             }]
         );

@@ -5,8 +5,11 @@
 //! their backlog pushed, and acknowledge it with cumulative `delivered` receipts, which the
 //! senders must see forwarded on their `in/receipt`. Measured: time to drain, loss (acked,
 //! never delivered), duplicates, and messages whose delivery no receipt ever confirmed.
+//! During the storm a probe (sender 0 → sender 1, one DM every 100 ms) measures what an
+//! unrelated user's send → sent ack round trip costs while the broker is busy.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::bail;
@@ -21,6 +24,11 @@ use crate::protocol::{self, classify, InboundKind, ReceiptIn, TextStamp};
 use crate::rate::Timetable;
 use crate::report::Report;
 use crate::stats::{Counter, Latency};
+
+/// The tag of the probe's sends (not addressed to a recipient).
+const PROBE_TAG: u32 = u32::MAX;
+/// Time between probe sends.
+const PROBE_EVERY_NS: u64 = 100_000_000;
 
 /// A sender's view of the receipts for its conversations.
 #[derive(Default)]
@@ -258,6 +266,31 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
     p.gauge("receipted convs", &covered);
     p.phase("reconnect storm");
     let storm_ns = clock.now_ns();
+    let probe_stop = Arc::new(AtomicBool::new(false));
+    let probe = (args.senders >= 2).then(|| {
+        let client = sender_conns[0].client.clone();
+        let (me, to) = (senders[0].clone(), format!("u:{}", senders[1]));
+        let (outbox, stop) = (outboxes[0].clone(), probe_stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let cid = format!("probe-{n}");
+                let due = clock.now_ns();
+                outbox
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .expect(cid.clone(), due, PROBE_TAG);
+                if chat::send_text(&client, &me, to.clone(), cid, "probe".into())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                n += 1;
+                clock.sleep_until(due + PROBE_EVERY_NS).await;
+            }
+        })
+    });
     let every = args.receipt_every.max(1);
     let n_senders = args.senders;
     let results = open_many(
@@ -316,6 +349,19 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
     })
     .await;
     let drain_end_ns = clock.now_ns();
+    probe_stop.store(true, Ordering::Release);
+    if let Some(probe) = probe {
+        let _ = probe.await;
+        // The last probe's ack.
+        wait_for(secs(2.0), || {
+            outboxes[0]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unacked()
+                == 0
+        })
+        .await;
+    }
     let dropped = sender_conns
         .iter()
         .chain(&recipient_conns)
@@ -340,11 +386,16 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
         }
     }
     let (mut lost, mut unconfirmed, mut unacked) = (0u64, 0u64, 0u64);
+    let mut probe_rtt = Latency::new();
     for (o, m) in outboxes.iter().zip(&marks) {
         let o = o.lock().unwrap_or_else(PoisonError::into_inner);
         let m = m.lock().unwrap_or_else(PoisonError::into_inner);
         unacked += o.unacked();
         for a in &o.acked {
+            if a.tag == PROBE_TAG {
+                probe_rtt.record_ns(a.acked_ns.saturating_sub(a.due_ns));
+                continue;
+            }
             if !delivered_ids.contains(&a.key) {
                 lost += 1;
             }
@@ -421,6 +472,15 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
     r.latency("send → sent ack", stats.ack_latency.total().summary());
     r.latency("storm connect+subscribe", setup.summary());
     r.latency("reconnect → backlog done", per_user.summary());
+    if args.senders >= 2 {
+        r.latency(
+            "probe send → sent ack during the storm",
+            probe_rtt.summary(),
+        );
+    } else {
+        r.notes
+            .push("no probe: it needs --senders 2 or more".into());
+    }
     r.loss = lost + if check_receipts { unconfirmed } else { 0 };
     r.duplicates = stats.duplicates.get();
     r.unacked = unacked + stats.ack_errors.get();
