@@ -3,7 +3,10 @@
 //! Lookups are by key (user → connections, group → subscribed connections, user → presence
 //! watchers): O(1) per recipient connection, no scan over subscriptions, and every entry goes
 //! away with its connection. A std mutex is enough: it is never held across an `.await`
-//! and every critical section is a few map operations.
+//! and every critical section is a few map operations. A group's subscribers live behind
+//! their own lock, so fanning a message out to thousands of members holds the registry-wide
+//! lock only to look the group up. Lock order: the registry's, then a group's, never the
+//! other way round.
 //!
 //! No delivery ever waits for a connection: each connection's queue ([`Outbox`]) is bounded
 //! in messages and in bytes, and a QoS 1 delivery that does not fit marks the connection
@@ -57,6 +60,7 @@ impl Delivery {
 }
 
 /// The registry's side of one connection's outbound queue.
+#[derive(Clone)]
 pub struct Outbox {
     tx: mpsc::Sender<Delivery>,
     /// Bytes queued and not yet taken by the connection.
@@ -167,8 +171,8 @@ struct Conn {
     out: Outbox,
     /// Filters inside `chat/u/{user}/`.
     user_filters: Vec<String>,
-    /// gid → filters inside `chat/g/{gid}/`.
-    group_filters: HashMap<String, Vec<String>>,
+    /// Groups this connection has filters in (the filters live in the group's entry).
+    groups: HashSet<String>,
     /// Users whose presence this connection watches.
     presence: HashSet<String>,
 }
@@ -180,12 +184,32 @@ impl Conn {
     }
 }
 
+/// One group's subscribed connections: their queues and filters inside `chat/g/{gid}/`.
+type GroupSubs = Arc<Mutex<HashMap<ConnId, (Outbox, Vec<String>)>>>;
+
 #[derive(Default)]
 struct Maps {
     conns: HashMap<ConnId, Conn>,
     by_user: HashMap<String, HashSet<ConnId>>,
-    by_group: HashMap<String, HashSet<ConnId>>,
+    by_group: HashMap<String, GroupSubs>,
     watchers: HashMap<String, HashSet<ConnId>>,
+}
+
+impl Maps {
+    /// Removes `id` from group `gid`; the group's entry goes when it empties.
+    fn leave_group(&mut self, gid: &str, id: ConnId) {
+        let Some(subs) = self.by_group.get(gid) else {
+            return;
+        };
+        let empty = {
+            let mut subs = subs.lock();
+            subs.remove(&id);
+            subs.is_empty()
+        };
+        if empty {
+            self.by_group.remove(gid);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -242,7 +266,7 @@ impl Registry {
                 user: user.map(str::to_owned),
                 out,
                 user_filters: Vec::new(),
-                group_filters: HashMap::new(),
+                groups: HashSet::new(),
                 presence: HashSet::new(),
             },
         );
@@ -256,8 +280,8 @@ impl Registry {
         let Some(conn) = m.conns.remove(&id) else {
             return 0;
         };
-        for gid in conn.group_filters.keys() {
-            remove_from(&mut m.by_group, gid, id);
+        for gid in &conn.groups {
+            m.leave_group(gid, id);
         }
         for user in &conn.presence {
             remove_from(&mut m.watchers, user, id);
@@ -293,11 +317,14 @@ impl Registry {
         let Some(c) = m.conns.get_mut(&id) else {
             return;
         };
-        let filters = c.group_filters.entry(gid.to_owned()).or_default();
+        c.groups.insert(gid.to_owned());
+        let out = c.out.clone();
+        let subs = m.by_group.entry(gid.to_owned()).or_default().clone();
+        let mut subs = subs.lock();
+        let (_, filters) = subs.entry(id).or_insert_with(|| (out, Vec::new()));
         if !filters.iter().any(|f| f == filter) {
             filters.push(filter.to_owned());
         }
-        m.by_group.entry(gid.to_owned()).or_default().insert(id);
     }
 
     pub fn subscribe_presence(&self, id: ConnId, user: &str) {
@@ -318,17 +345,27 @@ impl Registry {
         let before = c.user_filters.len();
         c.user_filters.retain(|f| f != filter);
         let mut found = c.user_filters.len() != before;
+        // Group filters are `chat/g/{gid}/…` with a literal gid (the ACL allows no other).
         let mut emptied_group = None;
-        for (gid, filters) in c.group_filters.iter_mut() {
-            let n = filters.len();
-            filters.retain(|f| f != filter);
-            if filters.len() != n {
-                found = true;
-                if filters.is_empty() {
-                    emptied_group = Some(gid.clone());
+        if let Some((gid, _)) = filter
+            .strip_prefix("chat/g/")
+            .and_then(|rest| rest.split_once('/'))
+        {
+            if let Some(subs) = m.by_group.get(gid) {
+                let mut subs = subs.lock();
+                if let Some((_, filters)) = subs.get_mut(&id) {
+                    let n = filters.len();
+                    filters.retain(|f| f != filter);
+                    found |= filters.len() != n;
+                    if filters.is_empty() {
+                        emptied_group = Some(gid.to_owned());
+                    }
                 }
             }
         }
+        let Some(c) = m.conns.get_mut(&id) else {
+            return found;
+        };
         let mut unwatched = None;
         if let Some(user) = filter.strip_prefix("chat/p/") {
             if c.presence.remove(user) {
@@ -337,8 +374,8 @@ impl Registry {
             }
         }
         if let Some(gid) = emptied_group {
-            c.group_filters.remove(&gid);
-            remove_from(&mut m.by_group, &gid, id);
+            c.groups.remove(&gid);
+            m.leave_group(&gid, id);
         }
         if let Some(user) = unwatched {
             remove_from(&mut m.watchers, &user, id);
@@ -357,9 +394,9 @@ impl Registry {
             .unwrap_or_default();
         for id in ids {
             if let Some(c) = m.conns.get_mut(&id) {
-                c.group_filters.remove(gid);
+                c.groups.remove(gid);
             }
-            remove_from(&mut m.by_group, gid, id);
+            m.leave_group(gid, id);
         }
     }
 
@@ -375,7 +412,7 @@ impl Registry {
         let mut n = 0;
         for id in ids {
             if let Some(c) = m.conns.get(id) {
-                if c.wants_user_topic(&topic) && self.offer(c, d) == Offer::Queued {
+                if c.wants_user_topic(&topic) && self.offer(&c.out, d) == Offer::Queued {
                     n += 1;
                 }
             }
@@ -388,32 +425,24 @@ impl Registry {
         let topic = String::from_utf8_lossy(&d.topic);
         let m = self.maps.lock();
         match m.conns.get(&id) {
-            Some(c) if c.wants_user_topic(&topic) => self.offer_with(c, d, when_full),
+            Some(c) if c.wants_user_topic(&topic) => self.offer_with(&c.out, d, when_full),
             Some(_) => Offer::Gone,
             None => Offer::Gone,
         }
     }
 
-    /// Delivers to every connection subscribed to a matching filter of group `gid`.
+    /// Delivers to every connection subscribed to a matching filter of group `gid`. Holds
+    /// the registry-wide lock only to find the group.
     pub fn deliver_group(&self, gid: &str, d: &Delivery) -> usize {
         let topic = String::from_utf8_lossy(&d.topic);
-        let m = self.maps.lock();
-        let Some(ids) = m.by_group.get(gid) else {
+        let Some(subs) = self.maps.lock().by_group.get(gid).cloned() else {
             return 0;
         };
-        let mut n = 0;
-        for id in ids {
-            if let Some(c) = m.conns.get(id) {
-                let hit = c
-                    .group_filters
-                    .get(gid)
-                    .is_some_and(|fs| fs.iter().any(|f| matches(&topic, f)));
-                if hit && self.offer(c, d) == Offer::Queued {
-                    n += 1;
-                }
-            }
-        }
-        n
+        let subs = subs.lock();
+        subs.values()
+            .filter(|(_, filters)| filters.iter().any(|f| matches(&topic, f)))
+            .filter(|(out, _)| self.offer(out, d) == Offer::Queued)
+            .count()
     }
 
     /// Delivers a presence update to everyone watching `user`.
@@ -424,7 +453,7 @@ impl Registry {
         };
         ids.iter()
             .filter_map(|id| m.conns.get(id))
-            .filter(|c| self.offer(c, d) == Offer::Queued)
+            .filter(|c| self.offer(&c.out, d) == Offer::Queued)
             .count()
     }
 
@@ -433,7 +462,7 @@ impl Registry {
     pub fn send_to(&self, id: ConnId, d: Delivery) -> Offer {
         let m = self.maps.lock();
         match m.conns.get(&id) {
-            Some(c) => self.offer(c, &d),
+            Some(c) => self.offer(&c.out, &d),
             None => Offer::Gone,
         }
     }
@@ -447,23 +476,23 @@ impl Registry {
     }
 
     /// QoS 1 deliveries that do not fit close the connection; QoS 0 ones are dropped.
-    fn offer(&self, c: &Conn, d: &Delivery) -> Offer {
+    fn offer(&self, out: &Outbox, d: &Delivery) -> Offer {
         let when_full = if d.qos == 0 {
             WhenFull::Skip
         } else {
             WhenFull::Disconnect
         };
-        self.offer_with(c, d, when_full)
+        self.offer_with(out, d, when_full)
     }
 
-    fn offer_with(&self, c: &Conn, d: &Delivery, when_full: WhenFull) -> Offer {
-        let r = c.out.offer(d, when_full);
+    fn offer_with(&self, out: &Outbox, d: &Delivery, when_full: WhenFull) -> Offer {
+        let r = out.offer(d, when_full);
         // Counted as dropped: the deliveries nobody will retry (the offline push retries).
         if r == Offer::Full && (when_full == WhenFull::Disconnect || d.qos == 0) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(crate::metrics::DELIVERIES_DROPPED).increment(1);
         }
-        if r == Offer::Full && c.out.is_closed() {
+        if r == Offer::Full && out.is_closed() {
             return Offer::Gone;
         }
         r
@@ -638,6 +667,42 @@ mod tests {
                 && m.by_user.is_empty()
                 && m.conns.is_empty()
         );
+    }
+
+    #[test]
+    fn group_fan_out_and_churn_run_side_by_side() {
+        let r = Registry::new();
+        let members: Vec<(ConnId, OutboxRx)> = (0..2000)
+            .map(|i| {
+                let (id, rx) = conn(&r, &format!("u{i}"));
+                r.subscribe_group(id, "big", "chat/g/big/#");
+                (id, rx)
+            })
+            .collect();
+        let churn = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    let (id, _rx) = conn(&r, &format!("c{i}"));
+                    r.subscribe_group(id, "big", "chat/g/big/msg");
+                    r.subscribe_user(id, "chat/u/x/#");
+                    r.unregister(id);
+                }
+            })
+        };
+        for _ in 0..3 {
+            assert!(r.deliver_group("big", &Delivery::qos1("chat/g/big/msg", "x")) >= 2000);
+        }
+        churn.join().expect("churn");
+        r.drop_group_member("big", "u0");
+        assert_eq!(
+            r.deliver_group("big", &Delivery::qos1("chat/g/big/msg", "x")),
+            1999
+        );
+        for (id, _) in &members {
+            r.unregister(*id);
+        }
+        assert!(r.maps.lock().by_group.is_empty());
     }
 
     #[test]
