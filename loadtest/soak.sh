@@ -56,6 +56,12 @@ rate_per_sec = 10000.0
 rate_burst = 10000.0
 [log]
 level = "info"
+# Small engine logs, so the general plane's per-filter logs fill in the first minutes and the
+# slope after warm-up shows growth that does not stop (rumqttd keeps up to
+# max_segment_size x max_segment_count bytes of messages per filter, by design).
+[engine]
+max_segment_size = 262144
+max_segment_count = 2
 [[acl]]
 topic = "chatmq-lt/#"
 access = "readwrite"

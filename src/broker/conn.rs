@@ -893,6 +893,15 @@ impl Conn {
             PublishRoute::General => {
                 metrics::counter!(m::MESSAGES, "plane" => "general", "kind" => "publish")
                     .increment(1);
+                // The codec's slices share the read buffer's allocation (a few KB per read).
+                // The engine keeps publishes in its per-filter logs, so hand it copies sized
+                // to the message: otherwise every logged 64-byte message pins a whole read
+                // chunk (measured: 2.2 MB/s of growth at 1,000 msg/s).
+                p.topic = Bytes::copy_from_slice(&p.topic);
+                p.payload = Bytes::copy_from_slice(&p.payload);
+                if let Some(cd) = props.as_mut().and_then(|pr| pr.correlation_data.as_mut()) {
+                    *cd = Bytes::copy_from_slice(cd);
+                }
                 self.send_to_engine(Packet::Publish(p, props)).await
             }
             PublishRoute::Deny(reason) => self.deny_publish(h, reason, topic.to_owned()),
