@@ -168,6 +168,62 @@ async fn record_ack(c: &mut Raw, first: u8, body: &[u8], acks: &mut HashMap<Stri
     }
 }
 
+/// Sends up to `n` messages (cids `{prefix}{i}`, packet ids from `first_pkid`) and sorts
+/// them by PUBACK: success goes to `acked`; 0x80 with `not stored…` is returned. Stops after
+/// `max_refused` refusals; any other answer fails the test.
+#[allow(clippy::too_many_arguments)]
+async fn send_and_sort(
+    c: &mut Raw,
+    prefix: &str,
+    text: &str,
+    first_pkid: u16,
+    n: u16,
+    max_refused: usize,
+    acked: &mut HashSet<String>,
+    acks: &mut HashMap<String, bool>,
+) -> Vec<String> {
+    let mut refused = Vec::new();
+    for i in 0..n {
+        let cid = format!("{prefix}{i}");
+        let pkid = first_pkid + i;
+        c.publish("chat/u/alice/out/send", &send(&cid, text), 1, pkid)
+            .await;
+        let (got, reason, why) = puback(c, acks).await;
+        assert_eq!(got, pkid);
+        match reason {
+            0 => {
+                acked.insert(cid);
+            }
+            0x80 => {
+                assert!(
+                    why.as_deref().unwrap_or("").contains("not stored"),
+                    "{why:?}"
+                );
+                refused.push(cid);
+                if refused.len() >= max_refused {
+                    break;
+                }
+            }
+            other => panic!("unexpected PUBACK reason {other:#x}"),
+        }
+    }
+    refused
+}
+
+/// 3.1.1 has no negative PUBACK: an unstored publish gets none (the connection is closed, so
+/// the client's library sends it again).
+async fn assert_v311_gets_no_puback(b: &Broker) {
+    let (mut carol, _) = Raw::connect(b, "127.0.0.1", 4, "carol", "v4", 30).await;
+    carol
+        .publish("chat/u/carol/out/send", &send("c1", "hi"), 1, 7)
+        .await;
+    assert_eq!(
+        carol.next_of(4, 5000).await,
+        None,
+        "PUBACK for an unstored publish"
+    );
+}
+
 fn send(cid: &str, text: &str) -> Vec<u8> {
     msgpack(&json!({"cid": cid, "to": "u:bob", "body": {"type": "text", "text": text}}))
 }
@@ -205,33 +261,8 @@ async fn a_full_disk_gets_no_success_ack_readyz_503_and_recovers() {
     // Send until the store refuses: every PUBACK is either success (stored) or 0x80 with a
     // reason string, never success for something unstored.
     let text = "y".repeat(4000);
-    let mut refused = Vec::new();
-    let mut pkid = 10u16;
-    for i in 0..400 {
-        let cid = format!("f{i}");
-        alice
-            .publish("chat/u/alice/out/send", &send(&cid, &text), 1, pkid)
-            .await;
-        let (got, reason, why) = puback(&mut alice, &mut errors).await;
-        assert_eq!(got, pkid);
-        pkid += 1;
-        match reason {
-            0 => {
-                acked.insert(cid);
-            }
-            0x80 => {
-                assert!(
-                    why.as_deref().unwrap_or("").contains("not stored"),
-                    "{why:?}"
-                );
-                refused.push(cid);
-                if refused.len() >= 5 {
-                    break;
-                }
-            }
-            other => panic!("unexpected PUBACK reason {other:#x}"),
-        }
-    }
+    let refused = send_and_sort(&mut alice, "f", &text, 10, 400, 5, &mut acked, &mut errors).await;
+    let mut pkid = 500u16;
     assert!(
         !refused.is_empty(),
         "the store never refused on a full disk"
@@ -249,16 +280,7 @@ async fn a_full_disk_gets_no_success_ack_readyz_503_and_recovers() {
         assert_eq!(errors.get(cid), Some(&true), "{cid}: {errors:?}");
     }
 
-    // 3.1.1: no PUBACK, the connection is closed so the client sends it again.
-    let (mut carol, _) = Raw::connect(&b, "127.0.0.1", 4, "carol", "v4", 30).await;
-    carol
-        .publish("chat/u/carol/out/send", &send("c1", "hi"), 1, 7)
-        .await;
-    assert_eq!(
-        carol.next_of(4, 5000).await,
-        None,
-        "PUBACK for an unstored 3.1.1 publish"
-    );
+    assert_v311_gets_no_puback(&b).await;
 
     // Room again: ready by itself, and the refused messages go through when resent.
     std::fs::remove_file(filler).expect("rm filler");
@@ -333,43 +355,15 @@ async fn a_filesystem_gone_read_only_gets_no_success_ack_and_loses_nothing() {
     }
 
     fs.fail();
-    let mut refused = 0;
-    for i in 0..20u16 {
-        let cid = format!("ro{i}");
-        alice
-            .publish("chat/u/alice/out/send", &send(&cid, "x"), 1, 100 + i)
-            .await;
-        let (_, reason, why) = puback(&mut alice, &mut acks).await;
-        match reason {
-            0 => {
-                acked.insert(cid);
-            }
-            0x80 => {
-                assert!(
-                    why.as_deref().unwrap_or("").contains("not stored"),
-                    "{why:?}"
-                );
-                refused += 1;
-            }
-            other => panic!("unexpected PUBACK reason {other:#x}"),
-        }
-    }
+    let refused = send_and_sort(&mut alice, "ro", "x", 100, 20, 20, &mut acked, &mut acks).await;
     assert!(
-        refused > 0,
+        !refused.is_empty(),
         "the store never refused on a read-only filesystem"
     );
     let ready = http_get(&b, "/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
-    let (mut carol, _) = Raw::connect(&b, "127.0.0.1", 4, "carol", "v4", 30).await;
-    carol
-        .publish("chat/u/carol/out/send", &send("c1", "hi"), 1, 7)
-        .await;
-    assert_eq!(
-        carol.next_of(4, 5000).await,
-        None,
-        "PUBACK on a read-only store"
-    );
-    drop((alice, carol));
+    assert_v311_gets_no_puback(&b).await;
+    drop(alice);
 
     // The operator's repair: stop, mount the filesystem again, start on the same data.
     let cfg = b.config.clone();
