@@ -48,6 +48,9 @@ pub const AUTH_THROTTLED: &str = "chatmq_auth_throttled_total";
 /// Counter, label `code`: chat errors answered to clients.
 pub const CHAT_ERRORS: &str = "chatmq_chat_errors_total";
 
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide recorder once and returns its handle. Later calls (tests start
 /// several brokers in one process) share it.
 pub fn install() -> PrometheusHandle {
@@ -65,10 +68,27 @@ pub fn install() -> PrometheusHandle {
     };
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
-        .get_or_init(|| match builder().install_recorder() {
-            Ok(h) => h,
-            // Another recorder is installed (embedding application): render our own, empty.
-            Err(_) => builder().build_recorder().handle(),
+        .get_or_init(|| {
+            let handle = match builder().install_recorder() {
+                Ok(h) => h,
+                // Another recorder is installed (embedding application): render our own, empty.
+                Err(_) => builder().build_recorder().handle(),
+            };
+            // Histogram samples pile up in the recorder until upkeep drains them into their
+            // buckets; `install_recorder` leaves upkeep to us. Without it memory grows with
+            // every recorded latency whenever /metrics is not scraped (the soak found ~190
+            // MB/hour at 1,000 DMs/s).
+            let upkeep = handle.clone();
+            let started = std::thread::Builder::new()
+                .name("chatmq-metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "metrics upkeep thread not started");
+            }
+            handle
         })
         .clone()
 }
