@@ -45,6 +45,7 @@ if [ -z "$SECRET" ]; then echo "chat scenarios need --secret" >&2; exit 2; fi
 run dm --users 10 --rate 50 --duration 2 --receipt-every 5
 run group --groups 2 --members 12 --online 6 --senders 2 --add-batch 4 --rate 20 --duration 2
 run offline --users 10 --pending 5 --senders 3 --receipt-every 2 --drain 30
+run offline --users 10 --pending 5 --senders 3 --receipt-every 2 --drain 30 --persistent
 run connect --connections 50 --rate 100 --hold 1 --subscribe
 if [ "$HISTORY" = 1 ]; then
   run history --messages 2000 --convs 10 --senders 3 --queries 200 --fill-timeout 60 --duration 30

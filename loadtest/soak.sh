@@ -92,11 +92,15 @@ failed=0
 for i in "${!LOADS[@]}"; do wait "${LOADS[$i]}" || failed=1; done
 LOADS=()
 
-awk -F, 'NR > 1 { n++; t[n] = $1; r[n] = $2 / 1024; if (r[n] > peak) peak = r[n] }
+# Least-squares RSS slopes: after 2 min, and over the second half of the run (once the engine
+# logs and SQLite's caches have filled, growth that remains is growth that does not stop).
+awk -F, 'function slope(from,   i, m, sx, sy, sxx, sxy) {
+    for (i = 1; i <= n; i++) if (t[i] >= from) { m++; sx += t[i]; sy += r[i]; sxx += t[i] * t[i]; sxy += t[i] * r[i] }
+    return (m > 1) ? (m * sxy - sx * sy) / (m * sxx - sx * sx) * 3600 : 0
+  }
+  NR > 1 { n++; t[n] = $1; r[n] = $2 / 1024; if (r[n] > peak) peak = r[n] }
   END {
-    for (i = 1; i <= n; i++) if (t[i] >= 120) { m++; sx += t[i]; sy += r[i]; sxx += t[i] * t[i]; sxy += t[i] * r[i] }
-    slope = (m > 1) ? (m * sxy - sx * sy) / (m * sxx - sx * sx) * 3600 : 0
-    printf "RSS: first %.1f MB, last %.1f MB, peak %.1f MB; slope after 2 min %.2f MB/hour (%d samples)\n", r[1], r[n], peak, slope, m
+    printf "RSS: first %.1f MB, last %.1f MB, peak %.1f MB; slope after 2 min %.2f MB/hour, over the second half %.2f MB/hour (%d samples)\n", r[1], r[n], peak, slope(120), slope(t[n] / 2), n
   }' "$OUT/rss.csv" | tee "$OUT/summary.txt"
 for name in dm group raw; do
   printf '%s: ' "$name" | tee -a "$OUT/summary.txt"

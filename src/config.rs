@@ -90,6 +90,12 @@ pub struct MqttConfig {
     /// How long a persistent session (3.1.1 clean_session = false, or 5.0 session expiry)
     /// is kept after its connection ends, at most.
     pub max_session_expiry_secs: u32,
+    /// Persistent sessions kept for one user's offline client ids; saving one more drops the
+    /// user's oldest.
+    pub max_saved_sessions_per_user: usize,
+    /// Persistent sessions kept in all (anonymous ones included); past it, a closing
+    /// connection's session is not kept.
+    pub max_saved_sessions: usize,
     /// Topic aliases a 5.0 client may use towards the server.
     pub topic_alias_max: u16,
 }
@@ -119,6 +125,8 @@ impl Default for MqttConfig {
             max_subscriptions: 1_000,
             max_sessions_per_user: 16,
             max_session_expiry_secs: 7 * 24 * 3600,
+            max_saved_sessions_per_user: 16,
+            max_saved_sessions: 200_000,
             topic_alias_max: 64,
         }
     }
@@ -396,6 +404,12 @@ impl Config {
         }
         if m.max_sessions_per_user == 0 {
             return Err(invalid("mqtt.max_sessions_per_user", "must be at least 1"));
+        }
+        if m.max_saved_sessions_per_user == 0 || m.max_saved_sessions == 0 {
+            return Err(invalid(
+                "mqtt.max_saved_sessions_per_user",
+                "max_saved_sessions_per_user and max_saved_sessions must be at least 1",
+            ));
         }
         if self.auth.failures_per_minute == 0 || self.auth.failures_burst == 0 {
             return Err(invalid(

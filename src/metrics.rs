@@ -38,9 +38,13 @@ pub const STORE_FAILURES: &str = "chatmq_store_failures_total";
 /// Counter, label `reason` (`queue_full`, `write_timeout`): connections closed because the
 /// client did not take its deliveries fast enough.
 pub const SLOW_CLIENTS: &str = "chatmq_slow_client_disconnects_total";
-/// Counter, label `limit` (`sessions`, `subscriptions`, `delayed_wills`): requests refused
-/// (or, for wills, published without their delay) at a cap.
+/// Counter, label `limit` (`sessions`, `subscriptions`, `delayed_wills`,
+/// `saved_sessions_per_user`, `saved_sessions`): requests refused at a cap (for wills:
+/// published without their delay; for saved sessions: the user's oldest dropped, or the
+/// closing connection's session not kept).
 pub const LIMITS_HIT: &str = "chatmq_limits_hit_total";
+/// Gauge: persistent sessions kept for offline client ids (updated every minute).
+pub const SAVED_SESSIONS: &str = "chatmq_saved_sessions";
 /// Counter: 3.1.1 connections closed without PUBACK because a publish could not be stored.
 pub const UNSTORED_CLOSES: &str = "chatmq_unstored_publish_closes_total";
 /// Counter: CONNECTs dropped because their source address failed authentication too often.

@@ -72,7 +72,8 @@ impl Server {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        sweep_state.sessions.sweep();
+                        let saved = sweep_state.sessions.sweep();
+                        metrics::gauge!(crate::metrics::SAVED_SESSIONS).set(saved as f64);
                         sweep_state.auth_throttle.sweep();
                     }
                     _ = async { let _ = sweep_stop.wait_for(|s| *s).await; } => break,

@@ -200,6 +200,41 @@ async fn sessions_per_user_are_capped() {
 }
 
 #[tokio::test]
+async fn saved_sessions_per_user_are_capped_oldest_first() {
+    let b = Broker::start_with(|c| c.mqtt.max_saved_sessions_per_user = 2).await;
+    for (i, d) in ["d0", "d1", "d2"].into_iter().enumerate() {
+        let level = if i == 1 { 5 } else { 4 };
+        let (mut c, ack) = Raw::persistent(&b, level, "keeper", d).await;
+        assert_eq!(ack.expect("connack")[1], 0);
+        let codes = c.subscribe(1, &["chat/u/keeper/in/#"]).await;
+        assert!(codes.iter().all(|&c| c < 0x80), "{codes:?}");
+        c.send(&[0xE0, 0]).await;
+        // The session is saved before the connection leaves the registry.
+        assert!(wait_offline(&b, "keeper").await);
+    }
+    // Keeping d2 dropped the oldest (d0); d1 (5.0) and d2 resume, d0 starts afresh.
+    let present = |ack: Option<Vec<u8>>| ack.expect("connack")[0] & 1;
+    let (_d2, ack) = Raw::persistent(&b, 4, "keeper", "d2").await;
+    assert_eq!(present(ack), 1);
+    let (_d1, ack) = Raw::persistent(&b, 5, "keeper", "d1").await;
+    assert_eq!(present(ack), 1);
+    let (_d0, ack) = Raw::persistent(&b, 4, "keeper", "d0").await;
+    assert_eq!(present(ack), 0);
+    // Another user's sessions are not counted against keeper's.
+    let (mut o, _) = Raw::persistent(&b, 4, "other", "d0").await;
+    o.send(&[0xE0, 0]).await;
+    assert!(wait_offline(&b, "other").await);
+    let (_o, ack) = Raw::persistent(&b, 4, "other", "d0").await;
+    assert_eq!(present(ack), 1);
+    let metrics = http_get(&b, "/metrics").await;
+    assert!(
+        metrics.contains(r#"limit="saved_sessions_per_user"} 1"#),
+        "{metrics}"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn bad_token_floods_are_throttled_per_address() {
     let b = Broker::start_with(|c| {
         c.auth.failures_burst = 20;

@@ -92,6 +92,24 @@ where
     Conn::open(target, opts, subs, handler).await
 }
 
+/// Resumes `user`'s persistent session: CONNECT with clean_session = false and no SUBSCRIBE,
+/// so whatever arrives comes through the subscriptions the broker kept.
+pub async fn resume_user<H>(
+    target: &Target,
+    i: usize,
+    user: &str,
+    token: &str,
+    handler: H,
+) -> Result<Conn, ConnectFailure>
+where
+    H: FnMut(Inbound<'_>) + Send + 'static,
+{
+    let mut target = target.clone();
+    target.clean_session = false;
+    let opts = target.options(i, &format!("{user}-lt"), Some((user, token)));
+    Conn::open(&target, opts, Vec::new(), handler).await
+}
+
 /// Publishes a text message from `me` to `to` (`u:bob` or `g:team`).
 pub async fn send_text(
     client: &AsyncClient,

@@ -273,6 +273,11 @@ pub struct OfflineArgs {
     /// Seconds allowed for the storm to drain (all deliveries and receipts).
     #[arg(long, default_value_t = 120.0)]
     pub drain: f64,
+    /// Recipients first connect with a persistent session (clean_session = false), subscribe
+    /// to their inbox and go away; in the storm they resume it without subscribing again, so
+    /// the broker restores every subscription at once.
+    #[arg(long)]
+    pub persistent: bool,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

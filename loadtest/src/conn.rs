@@ -26,6 +26,8 @@ pub struct Target {
     pub nodelay: bool,
     /// Capacity of each client's request channel.
     pub queue: usize,
+    /// CONNECT with clean_session = true (false: keep and resume the session).
+    pub clean_session: bool,
 }
 
 impl Target {
@@ -50,7 +52,7 @@ impl Target {
         let mut o = MqttOptions::new(client_id, host.as_str(), self.port);
         o.set_keep_alive(self.keep_alive)
             .set_inflight(self.inflight.max(1))
-            .set_clean_session(true)
+            .set_clean_session(self.clean_session)
             .set_max_packet_size(1 << 20, 1 << 20);
         if let Some((u, p)) = login {
             o.set_credentials(u, p);
@@ -150,6 +152,8 @@ pub struct Conn {
     pub client: AsyncClient,
     /// CONNECT → CONNACK (and SUBACK for the initial subscriptions).
     pub setup: Duration,
+    /// The CONNACK said the broker resumed a session.
+    pub session_present: bool,
     subacks: Mutex<mpsc::UnboundedReceiver<Vec<SubscribeReasonCode>>>,
     closing: Arc<AtomicBool>,
     task: JoinHandle<ConnEnd>,
@@ -173,10 +177,14 @@ impl Conn {
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let deadline = tokio::time::Instant::now() + target.connect_timeout;
 
+        let mut session_present = false;
         let setup = async {
             loop {
                 match el.poll().await? {
-                    Event::Incoming(Packet::ConnAck(_)) => break,
+                    Event::Incoming(Packet::ConnAck(ack)) => {
+                        session_present = ack.session_present;
+                        break;
+                    }
                     Event::Incoming(other) => dispatch(&other, &mut handler, &sub_tx),
                     Event::Outgoing(_) => {}
                 }
@@ -219,6 +227,7 @@ impl Conn {
         Ok(Conn {
             client,
             setup,
+            session_present,
             subacks: Mutex::new(sub_rx),
             closing,
             task,

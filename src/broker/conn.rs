@@ -4,7 +4,7 @@
 use super::codec::{Codec, CodecError, Frame, PublishHeader, ReplyProps, Version};
 use super::engine::GeneralLink;
 use super::registry::{ConnId, Delivery, OutboxRx};
-use super::sessions::SavedSession;
+use super::sessions::{Dropped, SaveCaps, SavedSession};
 use super::{BrokerState, Client, Refusal, Turn};
 use crate::acl::{DenyReason, PublishRoute, SubscribeRoute, Who};
 use crate::auth::{unix_now, AuthError};
@@ -1390,10 +1390,36 @@ impl Conn {
         if persistent {
             let general = self.general_filters.drain().collect();
             let chat = std::mem::take(&mut self.chat_filters);
-            self.state.sessions.save(
-                &self.namespaced,
-                SavedSession::new(chat, general, self.session_ttl),
-            );
+            let cfg = &self.state.config.mqtt;
+            let caps = SaveCaps {
+                per_user: cfg.max_saved_sessions_per_user,
+                total: cfg.max_saved_sessions,
+            };
+            let user = self.client.as_ref().map(|c| c.user.as_str());
+            let session = SavedSession::new(chat, general, self.session_ttl);
+            match self
+                .state
+                .sessions
+                .save(user, &self.namespaced, session, caps)
+            {
+                None => {}
+                Some(Dropped::UsersOldest(id)) => {
+                    metrics::counter!(m::LIMITS_HIT, "limit" => "saved_sessions_per_user")
+                        .increment(1);
+                    info!(
+                        dropped = %id,
+                        max = caps.per_user,
+                        "the user's oldest saved session was dropped to keep this one"
+                    );
+                }
+                Some(Dropped::Full) => {
+                    metrics::counter!(m::LIMITS_HIT, "limit" => "saved_sessions").increment(1);
+                    warn!(
+                        max = caps.total,
+                        "session not kept: mqtt.max_saved_sessions reached"
+                    );
+                }
+            }
         }
         if let Some(link) = self.link.take() {
             link.close().await;

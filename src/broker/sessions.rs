@@ -43,10 +43,49 @@ impl SavedSession {
     }
 }
 
+/// Saved sessions, with each user's client ids in the order they were saved (oldest first).
+#[derive(Default)]
+struct Saved {
+    by_id: HashMap<String, (Option<String>, SavedSession)>,
+    by_user: HashMap<String, Vec<String>>,
+}
+
+impl Saved {
+    fn remove(&mut self, client_id: &str) -> Option<SavedSession> {
+        let (user, session) = self.by_id.remove(client_id)?;
+        if let Some(user) = user {
+            if let Some(ids) = self.by_user.get_mut(&user) {
+                ids.retain(|id| id != client_id);
+                if ids.is_empty() {
+                    self.by_user.remove(&user);
+                }
+            }
+        }
+        Some(session)
+    }
+}
+
+/// Why [`Sessions::save`] dropped a session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// The user had `per_user` saved sessions: their oldest (this client id) made room.
+    UsersOldest(String),
+    /// `total` sessions are saved already: this one was not kept.
+    Full,
+}
+
+/// Bounds on saved sessions.
+#[derive(Clone, Copy, Debug)]
+pub struct SaveCaps {
+    /// Saved sessions one user may have (anonymous sessions count only towards `total`).
+    pub per_user: usize,
+    pub total: usize,
+}
+
 #[derive(Default)]
 pub struct Sessions {
     live: Mutex<HashMap<String, Live>>,
-    saved: Mutex<HashMap<String, SavedSession>>,
+    saved: Mutex<Saved>,
 }
 
 impl Sessions {
@@ -66,8 +105,42 @@ impl Sessions {
         }
     }
 
-    pub fn save(&self, client_id: &str, session: SavedSession) {
-        self.saved.lock().insert(client_id.to_owned(), session);
+    /// Keeps `user`'s session for `client_id`, within `caps`: a user at the cap loses their
+    /// oldest saved session; when the broker holds `caps.total`, the new one is not kept.
+    pub fn save(
+        &self,
+        user: Option<&str>,
+        client_id: &str,
+        session: SavedSession,
+        caps: SaveCaps,
+    ) -> Option<Dropped> {
+        let mut saved = self.saved.lock();
+        saved.remove(client_id);
+        let mut dropped = None;
+        if let Some(user) = user {
+            let held = saved.by_user.get(user).map_or(0, Vec::len);
+            if held >= caps.per_user.max(1) {
+                let oldest = saved.by_user.get(user).and_then(|ids| ids.first().cloned());
+                if let Some(oldest) = oldest {
+                    saved.remove(&oldest);
+                    dropped = Some(Dropped::UsersOldest(oldest));
+                }
+            }
+        }
+        if saved.by_id.len() >= caps.total {
+            return Some(Dropped::Full);
+        }
+        if let Some(user) = user {
+            saved
+                .by_user
+                .entry(user.to_owned())
+                .or_default()
+                .push(client_id.to_owned());
+        }
+        saved
+            .by_id
+            .insert(client_id.to_owned(), (user.map(str::to_owned), session));
+        dropped
     }
 
     /// Takes a saved, unexpired session.
@@ -84,8 +157,16 @@ impl Sessions {
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let mut saved = self.saved.lock();
-        saved.retain(|_, s| !s.expired(now));
-        saved.len()
+        let expired: Vec<String> = saved
+            .by_id
+            .iter()
+            .filter(|(_, (_, s))| s.expired(now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            saved.remove(&id);
+        }
+        saved.by_id.len()
     }
 
     /// Whether a connection currently owns `client_id`.
@@ -111,22 +192,84 @@ mod tests {
         assert!(!s.is_live("alice:phone"));
     }
 
+    const CAPS: SaveCaps = SaveCaps {
+        per_user: 2,
+        total: 4,
+    };
+
+    fn session(filter: &str) -> SavedSession {
+        SavedSession::new(vec![filter.into()], vec![], Duration::from_secs(60))
+    }
+
     #[test]
     fn saved_sessions_expire() {
         let s = Sessions::default();
         s.save(
+            Some("a"),
             "a:1",
             SavedSession::new(vec!["chat/u/a/in/#".into()], vec![], Duration::ZERO),
+            CAPS,
         );
         assert!(s.take("a:1").is_none());
         s.save(
+            Some("a"),
             "a:1",
             SavedSession::new(vec![], vec!["x".into()], Duration::from_secs(60)),
+            CAPS,
+        );
+        s.save(
+            Some("a"),
+            "a:2",
+            SavedSession::new(vec![], vec![], Duration::ZERO),
+            CAPS,
         );
         assert_eq!(s.sweep(), 1);
         assert_eq!(
             s.take("a:1").map(|s| s.general_filters),
             Some(vec!["x".to_string()])
         );
+    }
+
+    #[test]
+    fn a_user_at_the_cap_loses_their_oldest_session() {
+        let s = Sessions::default();
+        assert_eq!(s.save(Some("a"), "a:1", session("1"), CAPS), None);
+        assert_eq!(s.save(Some("a"), "a:2", session("2"), CAPS), None);
+        // Saving an id again replaces it without counting twice.
+        assert_eq!(s.save(Some("a"), "a:2", session("2b"), CAPS), None);
+        assert_eq!(
+            s.save(Some("a"), "a:3", session("3"), CAPS),
+            Some(Dropped::UsersOldest("a:1".into()))
+        );
+        assert!(s.take("a:1").is_none());
+        assert_eq!(
+            s.take("a:2").map(|x| x.chat_filters),
+            Some(vec!["2b".into()])
+        );
+        assert!(s.take("a:3").is_some());
+        // Taken sessions no longer count.
+        assert_eq!(s.save(Some("a"), "a:4", session("4"), CAPS), None);
+        assert_eq!(s.save(Some("a"), "a:5", session("5"), CAPS), None);
+    }
+
+    #[test]
+    fn the_total_cap_keeps_existing_sessions() {
+        let s = Sessions::default();
+        for i in 0..4 {
+            let id = format!("~anon:{i}");
+            assert_eq!(s.save(None, &id, session("x"), CAPS), None);
+        }
+        assert_eq!(
+            s.save(None, "~anon:9", session("x"), CAPS),
+            Some(Dropped::Full)
+        );
+        assert_eq!(
+            s.save(Some("b"), "b:1", session("x"), CAPS),
+            Some(Dropped::Full)
+        );
+        assert!(s.take("~anon:9").is_none());
+        assert!(s.take("~anon:0").is_some());
+        assert_eq!(s.save(Some("b"), "b:1", session("x"), CAPS), None);
+        assert_eq!(s.sweep(), 4);
     }
 }

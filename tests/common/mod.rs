@@ -331,12 +331,30 @@ pub fn field(out: &mut Vec<u8>, s: &[u8]) {
 
 /// A CONNECT (`level` 4 = 3.1.1, 5 = 5.0) with clean session, user name and password.
 pub fn connect_v(level: u8, user: &str, token: &str, id: &str, keep_alive: u16) -> Vec<u8> {
+    connect_session(level, user, token, id, keep_alive, true)
+}
+
+/// A CONNECT with user name and password; `clean = false` asks for a persistent session
+/// (5.0: Session Expiry Interval 3600 s).
+pub fn connect_session(
+    level: u8,
+    user: &str,
+    token: &str,
+    id: &str,
+    keep_alive: u16,
+    clean: bool,
+) -> Vec<u8> {
     let mut body = Vec::new();
     field(&mut body, b"MQTT");
-    body.extend_from_slice(&[level, 0b1100_0010]);
+    let flags = if clean { 0b1100_0010 } else { 0b1100_0000 };
+    body.extend_from_slice(&[level, flags]);
     body.extend_from_slice(&keep_alive.to_be_bytes());
     if level == 5 {
-        body.push(0); // no properties
+        if clean {
+            body.push(0); // no properties
+        } else {
+            body.extend_from_slice(&[5, 0x11, 0, 0, 0x0e, 0x10]);
+        }
     }
     for s in [id, user, token] {
         field(&mut body, s.as_bytes());
@@ -466,12 +484,26 @@ impl Raw {
         keep_alive: u16,
     ) -> (Raw, Option<Vec<u8>>) {
         let token = b.token(user);
-        let s = raw_from(
-            source,
-            b.port,
-            &connect_v(level, user, &token, id, keep_alive),
-        )
-        .await;
+        let hello = connect_v(level, user, &token, id, keep_alive);
+        Raw::hello(b, source, level, &hello).await
+    }
+
+    /// Connects as `user` from 127.0.0.1 asking for a persistent session; returns the
+    /// client and the CONNACK's body.
+    pub async fn persistent(b: &Broker, level: u8, user: &str, id: &str) -> (Raw, Option<Vec<u8>>) {
+        let token = b.token(user);
+        let hello = connect_session(level, user, &token, id, 30, false);
+        Raw::hello(b, "127.0.0.1", level, &hello).await
+    }
+
+    /// Sends `hello` (a CONNECT) from `source` and reads the CONNACK.
+    pub async fn hello(
+        b: &Broker,
+        source: &str,
+        level: u8,
+        hello: &[u8],
+    ) -> (Raw, Option<Vec<u8>>) {
+        let s = raw_from(source, b.port, hello).await;
         let mut raw = Raw {
             s,
             level,

@@ -48,6 +48,7 @@ impl Env {
             connect_timeout: Duration::from_secs(common.connect_timeout.max(1)),
             nodelay: !common.no_nodelay,
             queue: 64,
+            clean_session: true,
         };
         let broker = common.broker_pid.map(BrokerSampler::start).transpose()?;
         let progress = Progress::new(broker.clone(), common.quiet);

@@ -96,6 +96,31 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
     let mut tokens = chat::tokens_for(src, &all, env.common.connect_concurrency).await?;
     let recipient_tokens = tokens.split_off(senders.len());
 
+    // Phase 0 (--persistent): every recipient leaves a session with its inbox subscription.
+    if args.persistent {
+        p.phase("leaving persistent sessions");
+        let mut target = env.target.clone();
+        target.clean_session = false;
+        let results = open_many(
+            args.users,
+            env.common.connect_concurrency,
+            0.0,
+            clock,
+            |i| {
+                let (me, token, target) = (
+                    recipients[i].clone(),
+                    recipient_tokens[i].clone(),
+                    target.clone(),
+                );
+                let n = args.senders + i;
+                async move { chat::open_user(&target, n, &me, &token, &[], |_| {}).await }
+            },
+        )
+        .await;
+        let conns = chat::all_connected(results, &recipients)?;
+        close_all(conns).await;
+    }
+
     // Phase 1: senders connect and pile messages up.
     let stats = ChatStats::default();
     let outboxes: Vec<Arc<Mutex<Outbox>>> = senders.iter().map(|_| Arc::default()).collect();
@@ -293,6 +318,7 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
     });
     let every = args.receipt_every.max(1);
     let n_senders = args.senders;
+    let persistent = args.persistent;
     let results = open_many(
         args.users,
         env.common.connect_concurrency,
@@ -324,7 +350,11 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
                         );
                     }
                 };
-                let c = chat::open_user(&target, n_senders + i, &me, &token, &[], handler).await;
+                let c = if persistent {
+                    chat::resume_user(&target, n_senders + i, &me, &token, handler).await
+                } else {
+                    chat::open_user(&target, n_senders + i, &me, &token, &[], handler).await
+                };
                 if let Ok(c) = &c {
                     connected.inc();
                     let mut b = b2.lock().unwrap_or_else(PoisonError::into_inner);
@@ -342,6 +372,7 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
     for c in &recipient_conns {
         setup.record_ns(c.setup.as_nanos() as u64);
     }
+    let resumed = recipient_conns.iter().filter(|c| c.session_present).count() as u64;
     let check_receipts = !args.no_receipt_check;
     let drained = wait_for(secs(args.drain), || {
         done.get() + nothing_expected >= args.users as u64
@@ -408,10 +439,15 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
     let mut r = Report::new(
         "offline",
         format!(
-            "offline, {} users × {} pending from {} senders, storm at {}",
+            "offline, {} users × {} pending from {} senders, {}storm at {}",
             args.users,
             args.pending,
             args.senders,
+            if args.persistent {
+                "persistent sessions, "
+            } else {
+                ""
+            },
             if args.storm_rate > 0.0 {
                 format!("{} conn/s", args.storm_rate)
             } else {
@@ -443,6 +479,9 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
         ),
         "conn/s",
     );
+    if args.persistent {
+        r.count("sessions resumed (CONNACK session present)", resumed);
+    }
     r.count("users fully drained", drained_users);
     r.value(
         "time to drain (storm → last backlog)",
@@ -470,7 +509,14 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
     r.count("dropped connections", dropped as u64);
     r.tally("ack errors by code", stats.errors());
     r.latency("send → sent ack", stats.ack_latency.total().summary());
-    r.latency("storm connect+subscribe", setup.summary());
+    r.latency(
+        if args.persistent {
+            "storm connect (session resumed)"
+        } else {
+            "storm connect+subscribe"
+        },
+        setup.summary(),
+    );
     r.latency("reconnect → backlog done", per_user.summary());
     if args.senders >= 2 {
         r.latency(
@@ -480,6 +526,13 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
     } else {
         r.notes
             .push("no probe: it needs --senders 2 or more".into());
+    }
+    if args.persistent && resumed < args.users as u64 {
+        r.notes.push(format!(
+            "{} of {} recipients found no session to resume",
+            args.users as u64 - resumed,
+            args.users
+        ));
     }
     r.loss = lost + if check_receipts { unconfirmed } else { 0 };
     r.duplicates = stats.duplicates.get();
