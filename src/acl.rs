@@ -11,11 +11,9 @@
 //! decides. A wildcard filter such as `#` only ever receives general-plane traffic: chat
 //! messages never enter rumqttd.
 
-use crate::protocol::OutKind;
+use crate::protocol::{OutKind, CHAT_PREFIX};
 use crate::topic::{self, matches};
 use serde::Deserialize;
-
-pub const CHAT_PREFIX: &str = "chat/";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

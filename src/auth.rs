@@ -4,7 +4,7 @@ use crate::config::{AuthConfig, JwtAlgorithm};
 use crate::store::valid_id;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Who is connected. Anonymous connections (when allowed) have no user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,12 +203,7 @@ pub fn mint(cfg: &AuthConfig, user: &str, ttl: Duration) -> Result<String, KeyEr
     Ok(jsonwebtoken::encode(&Header::new(alg), &claims, &key)?)
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_now;
 
 #[cfg(test)]
 mod tests {

@@ -479,12 +479,8 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        let store = match &self.store {
-            StoreConfig::Sqlite(c) => c.validate(),
-            StoreConfig::Scylla(c) => c.validate(),
-        };
         // The store's messages already start with the key (`store.<key>: reason`).
-        store.map_err(ConfigError::Parse)?;
+        self.store.validate().map_err(ConfigError::Parse)?;
         for (i, rule) in self.acl.iter().enumerate() {
             rule.validate()
                 .map_err(|reason| invalid(&format!("acl[{i}].topic"), reason))?;

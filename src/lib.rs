@@ -14,11 +14,13 @@
 //! - `protocol`: chat topic names, payload types, MessagePack/JSON codec (pure).
 //! - `metrics`: metric names and the Prometheus recorder.
 //! - `topic`: MQTT topic/filter syntax and matching, panic-free on any string (pure).
+//! - `clock`: wall-clock milliseconds and seconds since the epoch.
 
 pub mod acl;
 pub mod auth;
 pub mod broker;
 pub mod chat;
+pub mod clock;
 pub mod config;
 pub mod health;
 pub mod http;

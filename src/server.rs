@@ -64,8 +64,9 @@ impl Server {
             None => None,
         };
         let mqtt = broker::listen(state.clone()).await?;
-        // Persistent sessions expire in the background.
-        let sweep_state = state.clone();
+        // Persistent sessions expire, and idle throttle and rate-limit entries go, in the
+        // background.
+        let (sweep_state, sweep_chat) = (state.clone(), chat.clone());
         let mut sweep_stop = stopped;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -75,6 +76,7 @@ impl Server {
                         let saved = sweep_state.sessions.sweep();
                         metrics::gauge!(crate::metrics::SAVED_SESSIONS).set(saved as f64);
                         sweep_state.auth_throttle.sweep();
+                        sweep_chat.sweep();
                     }
                     _ = async { let _ = sweep_stop.wait_for(|s| *s).await; } => break,
                 }

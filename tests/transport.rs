@@ -101,6 +101,45 @@ async fn tls_listener_serves_mqtt() {
 }
 
 #[tokio::test]
+async fn tls_files_without_a_key_or_certificate_are_refused_at_start() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let start = |cert: &std::path::Path, key: &std::path::Path| {
+        let mut cfg = config(dir.path());
+        cfg.mqtt.tls = Some(chatmq::config::TlsConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        });
+        async move {
+            match chatmq::server::Server::start(cfg).await {
+                Ok(s) => {
+                    s.shutdown().await;
+                    String::from("started")
+                }
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    // The key file holds only a certificate.
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.cert.pem()).expect("write key");
+    let e = start(&cert_path, &key_path).await;
+    assert!(e.contains("no private key in"), "{e}");
+    // The certificate file holds only a key.
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let e = start(&key_path, &key_path).await;
+    assert!(e.contains("no certificate in"), "{e}");
+    // A broken PEM section.
+    std::fs::write(&cert_path, "-----BEGIN CERTIFICATE-----\nnot base64!\n").expect("write");
+    let e = start(&cert_path, &key_path).await;
+    assert!(e.contains("parsing certificates"), "{e}");
+    let e = start(&key_path.with_extension("gone"), &key_path).await;
+    assert!(e.contains("reading"), "{e}");
+}
+
+#[tokio::test]
 async fn websocket_listener_serves_mqtt_on_its_path() {
     let b = Broker::start_with(|c| {
         c.mqtt.websocket = Some(chatmq::config::WebSocketConfig {

@@ -1194,7 +1194,7 @@ impl Conn {
             for user in presence {
                 if let Some(payload) = chat.presence(&user).await {
                     let d = Delivery {
-                        topic: Bytes::from(format!("chat/p/{user}")),
+                        topic: Bytes::from(crate::protocol::presence_topic(&user)),
                         payload,
                         qos: 1,
                         retain: true,

@@ -9,6 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::Message;
@@ -120,7 +122,7 @@ fn tls_acceptor(
 ) -> Result<tokio_rustls::TlsAcceptor, BrokerError> {
     let err = |what: &str, e: &dyn std::fmt::Display| BrokerError::Tls(format!("{what}: {e}"));
     let certs = std::fs::read(cert).map_err(|e| err(&format!("reading {}", cert.display()), &e))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut certs.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&certs)
         .collect::<Result<_, _>>()
         .map_err(|e| err("parsing certificates", &e))?;
     if certs.is_empty() {
@@ -130,9 +132,13 @@ fn tls_acceptor(
         )));
     }
     let key_pem = std::fs::read(key).map_err(|e| err(&format!("reading {}", key.display()), &e))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| err("parsing private key", &e))?
-        .ok_or_else(|| BrokerError::Tls(format!("no private key in {}", key.display())))?;
+    // PKCS#8, PKCS#1 or SEC1: the first private key in the file.
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => {
+            BrokerError::Tls(format!("no private key in {}", key.display()))
+        }
+        e => err("parsing private key", &e),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

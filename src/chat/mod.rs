@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ids::{now_ms, IdGenerator};
 use parking_lot::Mutex;
-use rate::RateLimiter;
+use rate::UserLimiter;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,8 +49,8 @@ pub struct ChatService {
     group_receipts_max: u64,
     offline_page: u32,
     ids: IdGenerator,
-    messages: RateLimiter,
-    typing: RateLimiter,
+    messages: UserLimiter,
+    typing: UserLimiter,
     last_seen_written: Mutex<HashMap<String, Instant>>,
 }
 
@@ -68,6 +68,12 @@ impl From<StoreError> for ChatError {
 }
 
 impl ChatService {
+    /// Forgets rate-limit state of users whose buckets have filled up again.
+    pub fn sweep(&self) {
+        self.messages.sweep();
+        self.typing.sweep();
+    }
+
     pub fn new(
         config: &Config,
         store: Arc<dyn Store>,
@@ -98,8 +104,8 @@ impl ChatService {
             group_receipts_max: c.group_receipts_max,
             offline_page: c.offline_page,
             ids: IdGenerator::new(1),
-            messages: RateLimiter::new(c.rate_per_sec, c.rate_burst),
-            typing: RateLimiter::new(c.typing_per_sec, c.typing_per_sec.max(1.0) * 2.0),
+            messages: UserLimiter::new(c.rate_per_sec, c.rate_burst),
+            typing: UserLimiter::new(c.typing_per_sec, c.typing_per_sec.max(1.0) * 2.0),
             last_seen_written: Mutex::new(HashMap::new()),
         })
     }
@@ -320,7 +326,7 @@ impl ChatService {
         let Ok(req) = decode_typing(payload, &self.limits) else {
             return;
         };
-        if !self.typing.allow(me) {
+        if !self.typing.allow(&client.user) {
             // Typing is best effort: over the limit it is dropped without an answer.
             return;
         }
@@ -364,7 +370,7 @@ impl ChatService {
         };
         let payload = self.encode(&response);
         // A 5.0 request may name its own response topic, inside the user's own in/ space.
-        let own_in = format!("chat/u/{me}/in/");
+        let own_in = protocol::user_in_prefix(me);
         let topic = match &reply.response_topic {
             Some(t) if client.v5 && t.starts_with(&own_in) && !t.contains(['+', '#']) => t.clone(),
             _ => user_in_topic(me, InKind::Rpc),
@@ -692,8 +698,6 @@ impl ChatPlane for ChatService {
     async fn disconnected(&self, client: &Client, remaining: usize) {
         if remaining == 0 {
             self.activity(&client.user, true).await;
-            self.messages.forget(&client.user);
-            self.typing.forget(&client.user);
             self.last_seen_written.lock().remove(&client.user);
             self.announce_presence(&client.user).await;
         }

@@ -87,10 +87,7 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, PayloadError> {
 }
 
 /// Encodes a server payload: MessagePack as a map with field names, or JSON.
-pub fn try_encode<T: Serialize + ?Sized>(
-    enc: Encoding,
-    value: &T,
-) -> Result<Vec<u8>, PayloadError> {
+fn try_encode<T: Serialize + ?Sized>(enc: Encoding, value: &T) -> Result<Vec<u8>, PayloadError> {
     match enc {
         Encoding::MsgPack => {
             rmp_serde::to_vec_named(value).map_err(|e| PayloadError::Invalid(e.to_string()))

@@ -3,7 +3,7 @@
 //! Pure: nothing here touches a socket or the store. PROTOCOL.md at the repo root is the
 //! user-facing description of the same contract; keep them in step.
 //!
-//! - `topics`: topic names and the chat-namespace classifier used by access control.
+//! - `topics`: chat topic names (access control is `crate::acl`).
 //! - `codec`: [`Encoding`], [`decode`]/[`encode`], the [`Id`] and [`Rid`] wire types.
 //! - `requests`: client → server payloads, decoded and validated against [`Limits`].
 //! - `responses`: server → client payloads and rpc results.
@@ -13,7 +13,7 @@ mod requests;
 mod responses;
 mod topics;
 
-pub use codec::{decode, encode, try_encode, Encoding, Id, PayloadError, Rid};
+pub use codec::{decode, encode, Encoding, Id, PayloadError, Rid};
 pub use requests::{
     decode_receipt, decode_rpc, decode_send, decode_typing, Body, Limits, Media, ReceiptRequest,
     RpcError, RpcOp, RpcRequest, SendRequest, Target, TypingRequest, TypingState,
@@ -27,9 +27,8 @@ pub use responses::{
     RpcResult, SentAck, TypingOut, GROUP_INFO_MEMBERS_MAX,
 };
 pub use topics::{
-    group_filter, group_topic, parse_out_topic, presence_topic, user_in_filter, user_in_topic,
-    user_out_topic, ChatTopic, GroupKind, InKind, OutKind, CHAT_PREFIX, CHAT_ROOT, GROUP_PREFIX,
-    PRESENCE_PREFIX, USER_PREFIX,
+    group_topic, presence_topic, user_in_prefix, user_in_topic, GroupKind, InKind, OutKind,
+    CHAT_PREFIX,
 };
 
 use serde::{Deserialize, Serialize};
@@ -105,10 +104,6 @@ impl ChatError {
         ChatError::new(ErrorCode::BadRequest, message)
     }
 
-    pub fn unauthorized(message: impl Into<String>) -> ChatError {
-        ChatError::new(ErrorCode::Unauthorized, message)
-    }
-
     pub fn forbidden(message: impl Into<String>) -> ChatError {
         ChatError::new(ErrorCode::Forbidden, message)
     }
@@ -123,10 +118,6 @@ impl ChatError {
 
     pub fn rate_limited(message: impl Into<String>) -> ChatError {
         ChatError::new(ErrorCode::RateLimited, message)
-    }
-
-    pub fn unavailable(message: impl Into<String>) -> ChatError {
-        ChatError::new(ErrorCode::Unavailable, message)
     }
 
     pub fn internal(message: impl Into<String>) -> ChatError {

@@ -53,38 +53,33 @@ impl<G: Send + 'static> Fixture for (Arc<dyn Store>, G) {
 /// ```
 #[macro_export]
 macro_rules! store_contract_tests {
-    (@cases $make:path, $skip:expr; $($case:ident),+ $(,)?) => {
-        $(
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                // A backend that needs an outside server says so instead of passing silently.
-                let skip: ::std::option::Option<&str> = $skip;
-                if let Some(var) = skip {
-                    if ::std::env::var(var).is_err() {
-                        use ::std::io::Write;
-                        let _ = writeln!(::std::io::stderr(), "skipped: {} not set ({})", var, stringify!($case));
-                        return;
-                    }
-                }
-                let fixture = $make().await;
-                let store = $crate::store::contract::Fixture::store(&fixture);
-                $crate::store::contract::$case(store).await;
-                drop(fixture);
-            }
-        )+
+    (@cases $make:path, $attrs:tt; $($case:ident),+ $(,)?) => {
+        $( $crate::store_contract_tests!(@one $make, $attrs, $case); )+
+    };
+    (@one $make:path, [$($attr:meta)*], $case:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $case() {
+            let fixture = $make().await;
+            let store = $crate::store::contract::Fixture::store(&fixture);
+            $crate::store::contract::$case(store).await;
+            drop(fixture);
+        }
     };
     (async fn $make:ident() -> $ret:ty $body:block) => {
         async fn $make() -> $ret $body
         $crate::store_contract_tests!($make);
     };
-    ($make:path, skip_unless_env = $var:literal) => {
-        $crate::store_contract_tests!(@all $make, Some($var));
+    // A backend that needs an outside server: without `cfg($cfg)` every case is reported as
+    // ignored with `$why`, not as passed.
+    ($make:path, ignore_unless = $cfg:meta, reason = $why:literal) => {
+        $crate::store_contract_tests!(@all $make, [cfg_attr(not($cfg), ignore = $why)]);
     };
     ($make:path) => {
-        $crate::store_contract_tests!(@all $make, None);
+        $crate::store_contract_tests!(@all $make, []);
     };
-    (@all $make:path, $skip:expr) => {
-        $crate::store_contract_tests!(@cases $make, $skip;
+    (@all $make:path, $attrs:tt) => {
+        $crate::store_contract_tests!(@cases $make, $attrs;
             append_assigns_dense_seq_per_conv,
             appended_message_round_trips,
             duplicate_cid_returns_original,

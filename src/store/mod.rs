@@ -1,7 +1,7 @@
 //! Persistence in chat terms.
 //!
 //! The chat layer talks to one `Arc<dyn Store>`; SQL lives only in `sqlite.rs` and CQL only in
-//! `scylla.rs`. Backend errors are mapped to [`StoreErrorKind`] so callers never see a
+//! `scylla/`. Backend errors are mapped to [`StoreErrorKind`] so callers never see a
 //! driver's error type.
 //!
 //! Data model (shared by every backend, and shaped for ScyllaDB's partitioning):
@@ -16,10 +16,16 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod contract;
+#[cfg(feature = "scylla")]
 pub mod scylla;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+#[cfg(not(any(feature = "sqlite", feature = "scylla")))]
+compile_error!("chatmq needs a store backend: enable the `sqlite` or the `scylla` feature");
 
 /// A conversation id: `d:{a}:{b}` (a < b) for a DM, `g:{gid}` for a group.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -428,27 +434,57 @@ mod tests {
     }
 }
 
+#[cfg(feature = "sqlite")]
+type SqliteSection = sqlite::SqliteConfig;
+/// A backend left out of this build still parses, so that opening it can say so.
+#[cfg(not(feature = "sqlite"))]
+type SqliteSection = serde::de::IgnoredAny;
+#[cfg(feature = "scylla")]
+type ScyllaSection = Box<scylla::ScyllaConfig>;
+#[cfg(not(feature = "scylla"))]
+type ScyllaSection = serde::de::IgnoredAny;
+
 /// `[store]` in broker.toml: which backend, with that backend's settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StoreConfig {
-    Sqlite(sqlite::SqliteConfig),
-    Scylla(Box<scylla::ScyllaConfig>),
+    Sqlite(SqliteSection),
+    Scylla(ScyllaSection),
+}
+
+/// The error for a backend this binary was built without.
+#[cfg(not(all(feature = "sqlite", feature = "scylla")))]
+fn not_built(backend: &str) -> String {
+    format!("store.backend: this chatmq was built without `{backend}`; rebuild with `--features {backend}`")
 }
 
 impl StoreConfig {
     /// Points the embedded store at `dir` (the `--data` flag), keeping its file name.
     pub fn set_data_dir(&mut self, dir: &std::path::Path) {
+        #[cfg(feature = "sqlite")]
+        if let StoreConfig::Sqlite(c) = self {
+            let name = c
+                .path
+                .file_name()
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| "chatmq.db".into());
+            c.path = dir.join(name);
+        }
+        #[cfg(not(feature = "sqlite"))]
+        let _ = dir;
+    }
+
+    /// Checks the backend's settings (`store.<key>: reason`).
+    pub fn validate(&self) -> Result<(), String> {
         match self {
-            StoreConfig::Sqlite(c) => {
-                let name = c
-                    .path
-                    .file_name()
-                    .map(std::path::PathBuf::from)
-                    .unwrap_or_else(|| "chatmq.db".into());
-                c.path = dir.join(name);
-            }
-            StoreConfig::Scylla(_) => {}
+            #[cfg(feature = "sqlite")]
+            StoreConfig::Sqlite(c) => c.validate(),
+            #[cfg(not(feature = "sqlite"))]
+            StoreConfig::Sqlite(_) => Err(not_built("sqlite")),
+            #[cfg(feature = "scylla")]
+            StoreConfig::Scylla(c) => c.validate(),
+            #[cfg(not(feature = "scylla"))]
+            StoreConfig::Scylla(_) => Err(not_built("scylla")),
         }
     }
 }
@@ -456,6 +492,7 @@ impl StoreConfig {
 /// Opens the configured backend.
 pub async fn open(cfg: &StoreConfig) -> StoreResult<std::sync::Arc<dyn Store>> {
     match cfg {
+        #[cfg(feature = "sqlite")]
         StoreConfig::Sqlite(c) => {
             let c = c.clone();
             let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&c))
@@ -465,12 +502,18 @@ pub async fn open(cfg: &StoreConfig) -> StoreResult<std::sync::Arc<dyn Store>> {
                 })??;
             Ok(std::sync::Arc::new(store))
         }
+        #[cfg(feature = "scylla")]
         StoreConfig::Scylla(c) => Ok(std::sync::Arc::new(scylla::ScyllaStore::connect(c).await?)),
+        #[allow(unreachable_patterns)]
+        _ => Err(StoreError::new(
+            StoreErrorKind::Internal,
+            cfg.validate().err().unwrap_or_default(),
+        )),
     }
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig::Sqlite(sqlite::SqliteConfig::default())
+        StoreConfig::Sqlite(SqliteSection::default())
     }
 }

@@ -1370,7 +1370,7 @@ impl Store for SqliteStore {
                 "INSERT INTO health_probe (id, ts) VALUES (1, ?1)
                  ON CONFLICT (id) DO UPDATE SET ts = excluded.ts",
             )?
-            .execute(params![crate::chat::ids::now_ms()])?;
+            .execute(params![crate::clock::now_ms()])?;
             Ok(())
         })
         .await

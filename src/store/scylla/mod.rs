@@ -33,6 +33,7 @@ mod statements;
 
 pub use config::{ConsistencyLevel, Replication, ScyllaConfig, ScyllaTls};
 
+use crate::clock::now_ms;
 use crate::store::{
     Appended, ConvId, ConvKind, ConversationSummary, CursorMove, Cursors, GroupInfo, HistoryPage,
     MembershipChange, NewMessage, PageDir, Profile, ProfileUpdate, ReceiptKind, Store, StoreError,
@@ -1101,7 +1102,7 @@ impl Store for ScyllaStore {
         self.check_open()?;
         // A last-seen row under a key no user can have (`~` is not allowed in user ids):
         // a real replicated write at the configured consistency, with no schema change.
-        let ts = crate::chat::ids::now_ms();
+        let ts = now_ms();
         self.write(
             &self.st.TOUCH_LAST_SEEN,
             (ts.max(0), ts, "~health-probe"),
@@ -1143,15 +1144,11 @@ fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<String> {
         .collect()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 #[cfg(feature = "scylla-tls")]
 async fn with_tls(builder: SessionBuilder, tls: &ScyllaTls) -> StoreResult<SessionBuilder> {
     use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let bad = |what: &str, e: &dyn std::fmt::Display| {
         StoreError::new(StoreErrorKind::Internal, format!("store.tls.{what}: {e}"))
     };
@@ -1162,7 +1159,7 @@ async fn with_tls(builder: SessionBuilder, tls: &ScyllaTls) -> StoreResult<Sessi
     };
     let ca = read(tls.ca_file.clone(), "ca_file").await?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&ca) {
         let cert = cert.map_err(|e| bad("ca_file", &e))?;
         roots.add(cert).map_err(|e| bad("ca_file", &e))?;
     }
@@ -1179,13 +1176,14 @@ async fn with_tls(builder: SessionBuilder, tls: &ScyllaTls) -> StoreResult<Sessi
     let config = match (&tls.cert_file, &tls.key_file) {
         (Some(cert_file), Some(key_file)) => {
             let certs = read(cert_file.clone(), "cert_file").await?;
-            let certs = rustls_pemfile::certs(&mut certs.as_slice())
+            let certs = CertificateDer::pem_slice_iter(&certs)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| bad("cert_file", &e))?;
             let key = read(key_file.clone(), "key_file").await?;
-            let key = rustls_pemfile::private_key(&mut key.as_slice())
-                .map_err(|e| bad("key_file", &e))?
-                .ok_or_else(|| bad("key_file", &"no private key in the file"))?;
+            let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| match e {
+                pem::Error::NoItemsFound => bad("key_file", &"no private key in the file"),
+                e => bad("key_file", &e),
+            })?;
             config
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| bad("cert_file", &e))?
