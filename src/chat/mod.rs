@@ -4,6 +4,7 @@
 //! (through the [`ChatPlane`] trait); the service validates, persists through the `Store`,
 //! answers on the sender's `in/` topics and fans out through the chat-plane registry.
 
+mod convert;
 pub mod ids;
 pub mod rate;
 
@@ -21,7 +22,7 @@ use crate::protocol::{
     PresenceOut, PresenceState, ProfileOut, ProfilesOut, ReceiptOut, RpcOp, RpcResponse, RpcResult,
     SentAck, Target, TypingOut, GROUP_INFO_MEMBERS_MAX,
 };
-use crate::store::{Appended, ConvId, ConvKind, NewMessage, Store, StoreError, StoreErrorKind};
+use crate::store::{Appended, ConvId, ConvKind, NewMessage, Store, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ids::{now_ms, IdGenerator};
@@ -52,19 +53,6 @@ pub struct ChatService {
     messages: UserLimiter,
     typing: UserLimiter,
     last_seen_written: Mutex<HashMap<String, Instant>>,
-}
-
-impl From<StoreError> for ChatError {
-    fn from(e: StoreError) -> ChatError {
-        let code = ErrorCode::from(e.kind);
-        match e.kind {
-            StoreErrorKind::Internal | StoreErrorKind::Unavailable | StoreErrorKind::Timeout => {
-                warn!(error = %e, "store error");
-                ChatError::new(code, "storage is not available right now; retry")
-            }
-            _ => ChatError::new(code, e.message),
-        }
-    }
 }
 
 impl ChatService {
@@ -279,7 +267,7 @@ impl ChatService {
         }
         let moved = self
             .store
-            .set_cursor(me, &req.conv, req.kind, req.up_to)
+            .set_cursor(me, &req.conv, req.kind.into(), req.up_to)
             .await;
         self.health.write_result(&moved);
         let moved = match moved {
@@ -407,7 +395,7 @@ impl ChatService {
                     return Err(ChatError::forbidden(format!("not a participant of {conv}")));
                 }
                 let started = Instant::now();
-                let page = self.store.history(&conv, dir, limit).await?;
+                let page = self.store.history(&conv, dir.into(), limit).await?;
                 metrics::histogram!(m::STORE_LATENCY, "op" => "history")
                     .record(started.elapsed().as_secs_f64());
                 let mut out = HistoryOut::from_page(&conv, &page)?;
@@ -510,7 +498,7 @@ impl ChatService {
                 Ok(RpcResult::Groups(GroupListOut { groups }))
             }
             RpcOp::ProfileSet(update) => {
-                let p = self.store.set_profile(me, update).await?;
+                let p = self.store.set_profile(me, update.into()).await?;
                 Ok(RpcResult::Profile(ProfileOut::from_profile(p, me)))
             }
             RpcOp::ProfileGet { users } => {

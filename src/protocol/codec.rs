@@ -105,7 +105,8 @@ pub fn encode<T: Serialize + ?Sized>(enc: Encoding, value: &T) -> Vec<u8> {
         Ok(bytes) => bytes,
         Err(err) => {
             tracing::error!(%err, ?enc, "payload could not be encoded");
-            let fallback = super::ChatError::internal("the server could not encode this payload");
+            let fallback =
+                super::error::ChatError::internal("the server could not encode this payload");
             try_encode(enc, &fallback).unwrap_or_default()
         }
     }

@@ -7,9 +7,8 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::codec::{decode, probe, short, Id, PayloadError, Rid};
-use super::responses::AckError;
-use super::ChatError;
-use crate::store::{valid_id, ConvId, PageDir, ProfileUpdate, ReceiptKind};
+use super::error::{AckError, ChatError};
+use super::ids::{valid_id, ConvId};
 
 /// Payload size limits (`[chat]` in broker.toml).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +228,13 @@ pub struct SendRequest {
     pub reply_to: Option<Id>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
 /// `out/receipt`: everything in `conv` up to seq `up_to` was delivered to / read by me.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptRequest {
@@ -251,6 +257,24 @@ pub struct TypingRequest {
     pub state: TypingState,
 }
 
+/// Which page of `history`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryAnchor {
+    /// The newest `limit` messages with `seq < before` (`None`: the newest page).
+    Before(Option<u64>),
+    /// The oldest `limit` messages with `seq > after`.
+    After(u64),
+}
+
+/// `profile.set`: `None` leaves a field as it is; `Some(None)` clears it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProfileChange {
+    pub display_name: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
+    pub status: Option<Option<String>>,
+    pub hide_last_seen: Option<bool>,
+}
+
 /// `out/rpc`, decoded and validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RpcRequest {
@@ -271,7 +295,7 @@ pub enum RpcOp {
     /// `limit` 1..=100 (default 50). No anchor = the newest page.
     History {
         conv: ConvId,
-        dir: PageDir,
+        dir: HistoryAnchor,
         limit: u32,
     },
     /// `members` may be empty; it never contains duplicates but may contain the creator.
@@ -294,7 +318,7 @@ pub enum RpcOp {
         gid: String,
     },
     GroupList,
-    ProfileSet(ProfileUpdate),
+    ProfileSet(ProfileChange),
     ProfileGet {
         users: Vec<String>,
     },
@@ -733,8 +757,8 @@ impl RpcWire {
                             "history: give `before` or `after`, not both",
                         ))
                     }
-                    (None, Some(after)) => PageDir::After(after),
-                    (before, None) => PageDir::Before(before),
+                    (None, Some(after)) => HistoryAnchor::After(after),
+                    (before, None) => HistoryAnchor::Before(before),
                 };
                 RpcOp::History {
                     conv,
@@ -777,7 +801,7 @@ impl RpcWire {
             }
             "group.list" => RpcOp::GroupList,
             "profile.set" => {
-                let update = ProfileUpdate {
+                let update = ProfileChange {
                     display_name: profile_field(self.display_name, |s| {
                         check_text_field("display_name", s, MAX_DISPLAY_NAME, false)
                     })?,
@@ -789,7 +813,7 @@ impl RpcWire {
                     })?,
                     hide_last_seen: self.hide_last_seen,
                 };
-                if update == ProfileUpdate::default() {
+                if update == ProfileChange::default() {
                     return Err(ChatError::bad_request(
                         "profile.set: give at least one of display_name, avatar_url, status, hide_last_seen",
                     ));
@@ -820,7 +844,7 @@ impl RpcWire {
 #[cfg(test)]
 mod tests {
     use super::super::codec::{encode, Encoding};
-    use super::super::ErrorCode;
+    use super::super::error::ErrorCode;
     use super::*;
 
     fn limits() -> Limits {
@@ -1198,7 +1222,7 @@ mod tests {
                 r#"{"rid":1,"op":"history","conv":"g:t"}"#,
                 RpcOp::History {
                     conv: ConvId::group("t"),
-                    dir: PageDir::Before(None),
+                    dir: HistoryAnchor::Before(None),
                     limit: 50,
                 },
             ),
@@ -1206,7 +1230,7 @@ mod tests {
                 r#"{"rid":1,"op":"history","conv":"g:t","before":40,"limit":100}"#,
                 RpcOp::History {
                     conv: ConvId::group("t"),
-                    dir: PageDir::Before(Some(40)),
+                    dir: HistoryAnchor::Before(Some(40)),
                     limit: 100,
                 },
             ),
@@ -1214,7 +1238,7 @@ mod tests {
                 r#"{"rid":1,"op":"history","conv":"d:a:b","after":0,"limit":1}"#,
                 RpcOp::History {
                     conv: ConvId::direct("a", "b"),
-                    dir: PageDir::After(0),
+                    dir: HistoryAnchor::After(0),
                     limit: 1,
                 },
             ),
@@ -1257,7 +1281,7 @@ mod tests {
             (r#"{"rid":1,"op":"group.list"}"#, RpcOp::GroupList),
             (
                 r#"{"rid":1,"op":"profile.set","display_name":"Bob","status":null,"avatar_url":""}"#,
-                RpcOp::ProfileSet(ProfileUpdate {
+                RpcOp::ProfileSet(ProfileChange {
                     display_name: Some(Some("Bob".into())),
                     avatar_url: Some(None),
                     status: Some(None),
@@ -1266,7 +1290,7 @@ mod tests {
             ),
             (
                 r#"{"rid":1,"op":"profile.set","hide_last_seen":true}"#,
-                RpcOp::ProfileSet(ProfileUpdate {
+                RpcOp::ProfileSet(ProfileChange {
                     hide_last_seen: Some(true),
                     ..Default::default()
                 }),
