@@ -110,8 +110,19 @@ impl Ext4 {
         .expect("trigger an ext4 error");
     }
 
+    /// Unmounts, waiting (up to 10 s) for the stopped broker's last file handles to close:
+    /// its store threads may still be winding down when `stop` returns.
     fn unmount(&self) {
-        let _ = run("umount", &[&self.path().display().to_string()]);
+        let path = self.path().display().to_string();
+        let mut last = String::new();
+        for _ in 0..100 {
+            match run("umount", &[&path]) {
+                Ok(_) => return,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("unmount {path}: {last}");
     }
 }
 

@@ -39,6 +39,20 @@ impl From<StoreError> for ChatError {
     }
 }
 
+/// `owner`'s last seen as `viewer` may see it: hidden from everyone else when `owner` chose so.
+pub(super) fn visible_last_seen(
+    owner: &str,
+    hide: bool,
+    last_seen: Option<i64>,
+    viewer: &str,
+) -> Option<i64> {
+    if hide && owner != viewer {
+        None
+    } else {
+        last_seen
+    }
+}
+
 impl From<ReceiptKind> for store::ReceiptKind {
     fn from(kind: ReceiptKind) -> store::ReceiptKind {
         match kind {
@@ -192,11 +206,7 @@ impl MembershipOut {
 impl ProfileOut {
     /// Hides `last_seen` from everyone but its owner when the owner chose so.
     pub fn from_profile(p: Profile, viewer: &str) -> ProfileOut {
-        let last_seen = if p.hide_last_seen && p.user != viewer {
-            None
-        } else {
-            p.last_seen
-        };
+        let last_seen = visible_last_seen(&p.user, p.hide_last_seen, p.last_seen, viewer);
         ProfileOut {
             user: p.user,
             display_name: p.display_name,
