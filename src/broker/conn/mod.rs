@@ -366,17 +366,9 @@ impl Conn {
         // Bytes of CONNECT's batch may already hold more packets.
         let mut close = self.parse(&mut io.rbuf).await.err();
         while close.is_none() {
-            match tokio::time::timeout(write_timeout, flush_buf(&mut io.wr, &mut self.wbuf)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    close = Some(Close::Lost);
-                    break;
-                }
-                Err(_) => {
-                    metrics::counter!(m::SLOW_CLIENTS, "reason" => "write_timeout").increment(1);
-                    close = Some(Close::Slow("write_timeout"));
-                    break;
-                }
+            if let Err(c) = self.flush_out(&mut io.wr, write_timeout).await {
+                close = Some(c);
+                break;
             }
             partial_since = match (io.rbuf.is_empty(), partial_since) {
                 (true, _) => None,
@@ -427,25 +419,42 @@ impl Conn {
             }
         }
         let close = close.unwrap_or(Close::Lost);
-        if let Close::Slow(reason) = &close {
+        self.close_socket(&mut io.wr, &close).await;
+        self.finish(close).await;
+    }
+
+    /// Writes what is buffered; a socket that takes nothing for `timeout` is a slow client.
+    async fn flush_out<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut W,
+        timeout: Duration,
+    ) -> Result<(), Close> {
+        match tokio::time::timeout(timeout, flush_buf(wr, &mut self.wbuf)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Close::Lost),
+            Err(_) => {
+                metrics::counter!(m::SLOW_CLIENTS, "reason" => "write_timeout").increment(1);
+                Err(Close::Slow("write_timeout"))
+            }
+        }
+    }
+
+    /// Says why (5.0 DISCONNECT, best effort), flushes for at most a second and shuts the
+    /// socket.
+    async fn close_socket<W: AsyncWrite + Unpin>(&mut self, wr: &mut W, close: &Close) {
+        if let Close::Slow(reason) = close {
             info!(
                 reason,
                 "closing a client that does not keep up; it catches up on return"
             );
         }
-        // Best effort: tell a 5.0 client why the server closed.
         if self.v5 {
             if let Some(reason_code) = close.v5_reason() {
                 let _ = self.put(Packet::Disconnect(Disconnect { reason_code }, None));
             }
         }
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            flush_buf(&mut io.wr, &mut self.wbuf),
-        )
-        .await;
-        let _ = io.wr.shutdown().await;
-        self.finish(close).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), flush_buf(wr, &mut self.wbuf)).await;
+        let _ = wr.shutdown().await;
     }
 
     /// Handles every complete packet in `rbuf`.
