@@ -7,6 +7,7 @@
 //! - `topics`: chat topic names (access control is `crate::acl`).
 //! - `codec`: [`Encoding`], [`decode`]/[`encode`], the [`Id`] and [`Rid`] wire types.
 //! - `requests`: client → server payloads, decoded and validated against [`Limits`].
+//! - `rpc`: `out/rpc` requests and their ops.
 //! - `responses`: server → client payloads and rpc results.
 
 mod codec;
@@ -14,17 +15,17 @@ mod error;
 mod ids;
 mod requests;
 mod responses;
+mod rpc;
 mod topics;
 
 pub use codec::{decode, encode, Encoding, Id, PayloadError, Rid};
 pub use error::{AckError, ChatError, ErrorCode};
 pub use ids::{valid_id, ConvId, ConvKind};
 pub use requests::{
-    decode_receipt, decode_rpc, decode_send, decode_typing, Body, HistoryAnchor, Limits, Media,
-    ProfileChange, ReceiptKind, ReceiptRequest, RpcError, RpcOp, RpcRequest, SendRequest, Target,
-    TypingRequest, TypingState, DEFAULT_PAGE_LIMIT, MAX_AVATAR_URL, MAX_DISPLAY_NAME,
-    MAX_GROUP_NAME, MAX_MEDIA_NAME, MAX_MIME, MAX_PAGE_LIMIT, MAX_STATUS, MAX_THUMB, MAX_URL,
-    MAX_USERS_PER_CALL,
+    decode_receipt, decode_send, decode_typing, Body, Limits, Media, ReceiptKind, ReceiptRequest,
+    SendRequest, Target, TypingRequest, TypingState, DEFAULT_PAGE_LIMIT, MAX_AVATAR_URL,
+    MAX_DISPLAY_NAME, MAX_GROUP_NAME, MAX_MEDIA_NAME, MAX_MIME, MAX_PAGE_LIMIT, MAX_STATUS,
+    MAX_THUMB, MAX_URL, MAX_USERS_PER_CALL,
 };
 pub use responses::{
     encode_body, AckOut, ConvType, ConversationOut, ConversationsOut, EventKind, EventOut,
@@ -32,6 +33,7 @@ pub use responses::{
     PresenceListOut, PresenceOut, PresenceState, ProfileOut, ProfilesOut, ReceiptOut, RpcResponse,
     RpcResult, SentAck, TypingOut, GROUP_INFO_MEMBERS_MAX,
 };
+pub use rpc::{decode_rpc, HistoryAnchor, ProfileChange, RpcError, RpcOp, RpcRequest};
 pub use topics::{
     group_topic, presence_topic, user_in_prefix, user_in_topic, GroupKind, InKind, OutKind,
     CHAT_PREFIX,

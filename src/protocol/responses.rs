@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::codec::{encode, Encoding, Id, Rid};
 use super::error::{AckError, ChatError};
 use super::ids::ConvId;
-use super::requests::{Body, ReceiptKind, RpcError, TypingState};
+use super::requests::{Body, ReceiptKind, TypingState};
+use super::rpc::RpcError;
 
 /// `group.info` lists members only up to this group size; bigger groups answer with
 /// `member_count` alone, so one answer stays a reasonable MQTT packet.
