@@ -237,6 +237,22 @@ impl ChatStats {
             false
         }
     }
+    /// This run's stamp in a first-seen delivery: records its end-to-end latency (from the
+    /// stamp's due time to `now`) and returns it; an unstamped text counts as undecodable.
+    pub fn record_latency(&self, d: &protocol::Delivery, now: u64, run: u32) -> Option<u64> {
+        match protocol::TextStamp::decode(&d.body.text).filter(|s| s.run == run) {
+            Some(s) => {
+                let lat = now.saturating_sub(s.due_ns);
+                self.e2e_latency.record_ns(lat);
+                Some(lat)
+            }
+            None => {
+                self.undecodable.inc();
+                None
+            }
+        }
+    }
+
     pub fn error(&self, code: &str) {
         *self
             .errors

@@ -160,6 +160,20 @@ pub struct RawArgs {
     pub secret: Option<String>,
 }
 
+/// How long and how much each sender of a chat scenario sends (`dm`, `group`).
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct Sending {
+    /// Seconds of sending.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    pub duration: f64,
+    /// At most this many messages per sender.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Text bytes per message.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+}
+
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct DmArgs {
     #[command(flatten)]
@@ -174,15 +188,9 @@ pub struct DmArgs {
     /// Total send rate, messages/s, on a fixed timetable (open loop).
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
-    /// Seconds of sending.
-    #[arg(long, short = 'd', default_value_t = 10.0)]
-    pub duration: f64,
-    /// At most this many messages per user.
-    #[arg(long)]
-    pub count: Option<u64>,
-    /// Text bytes per message.
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub sending: Sending,
     /// Seconds to wait for outstanding acks and deliveries after the last send.
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
@@ -214,15 +222,9 @@ pub struct GroupArgs {
     /// Total send rate over all groups, messages/s (open loop).
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
-    /// Seconds of sending.
-    #[arg(long, short = 'd', default_value_t = 10.0)]
-    pub duration: f64,
-    /// At most this many messages per sender.
-    #[arg(long)]
-    pub count: Option<u64>,
-    /// Text bytes per message.
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub sending: Sending,
     /// Users per `group.add` request.
     #[arg(long, default_value_t = 500)]
     pub add_batch: usize,

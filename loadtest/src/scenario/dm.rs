@@ -14,7 +14,7 @@ use super::{close_all, open_many, per_s, random_pairs, secs, wait_for, Env};
 use crate::chat::{self, ChatStats, Outbox};
 use crate::cli::DmArgs;
 use crate::conn::Inbound;
-use crate::protocol::{classify, InboundKind, TextStamp};
+use crate::protocol::{classify, InboundKind};
 use crate::rate::Timetable;
 use crate::report::Report;
 use crate::stats::Latency;
@@ -32,7 +32,7 @@ pub async fn run(args: DmArgs) -> anyhow::Result<i32> {
     if args.users < 2 || args.users % 2 != 0 {
         bail!("--users must be even and at least 2");
     }
-    if args.rate <= 0.0 || args.duration <= 0.0 {
+    if args.rate <= 0.0 || args.sending.duration <= 0.0 {
         bail!("--rate and --duration must be positive");
     }
     let env = Env::new(&args.common)?;
@@ -111,8 +111,8 @@ pub async fn run(args: DmArgs) -> anyhow::Result<i32> {
     p.latency("e2e", &stats.e2e_latency);
     p.phase("sending");
     let start_ns = clock.now_ns() + 50_000_000;
-    let end_ns = start_ns + secs(args.duration).as_nanos() as u64;
-    let tables = Timetable::split(start_ns, args.rate, args.users, end_ns, args.count);
+    let end_ns = start_ns + secs(args.sending.duration).as_nanos() as u64;
+    let tables = Timetable::split(start_ns, args.rate, args.users, end_ns, args.sending.count);
     let offered: u64 = tables.iter().map(Timetable::len).sum();
     let mut tasks = Vec::with_capacity(args.users);
     for (i, table) in tables.into_iter().enumerate() {
@@ -127,7 +127,7 @@ pub async fn run(args: DmArgs) -> anyhow::Result<i32> {
                 sent: stats.sent.clone(),
                 run,
                 sender: i as u32,
-                size: args.size,
+                size: args.sending.size,
             }
             .run(),
         ));
@@ -179,8 +179,8 @@ pub async fn run(args: DmArgs) -> anyhow::Result<i32> {
             args.users,
             args.users / 2,
             args.rate,
-            args.size,
-            args.duration
+            args.sending.size,
+            args.sending.duration
         ),
         json!(args),
     );
@@ -243,10 +243,7 @@ fn on_message(
     if !stats.first_sight(&mut inbox.seen, &d) {
         return;
     }
-    match TextStamp::decode(&d.body.text).filter(|s| s.run == run) {
-        Some(s) => stats.e2e_latency.record_ns(now.saturating_sub(s.due_ns)),
-        None => stats.undecodable.inc(),
-    }
+    stats.record_latency(&d, now, run);
     if receipt_every > 0 {
         let conv = inbox.convs.entry(d.conv.clone()).or_default();
         conv.0 = conv.0.max(d.seq);

@@ -17,7 +17,7 @@ use super::{open_many, per_s, secs, wait_for, Env};
 use crate::chat::{self, ChatStats, Outbox, RpcWaiters};
 use crate::cli::GroupArgs;
 use crate::conn::{Conn, Inbound};
-use crate::protocol::{self, classify, value_id, InboundKind, TextStamp};
+use crate::protocol::{self, classify, value_id, InboundKind};
 use crate::rate::Timetable;
 use crate::report::Report;
 use crate::stats::{id_key, Latency};
@@ -68,7 +68,7 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<i32> {
     if args.senders == 0 || args.senders > online {
         bail!("--senders must be between 1 and --online");
     }
-    if args.rate <= 0.0 || args.duration <= 0.0 || args.add_batch == 0 {
+    if args.rate <= 0.0 || args.sending.duration <= 0.0 || args.add_batch == 0 {
         bail!("--rate, --duration and --add-batch must be positive");
     }
     let env = Env::new(&args.common)?;
@@ -231,8 +231,14 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<i32> {
         .flat_map(|g| (0..args.senders).map(move |k| g * online + k))
         .collect();
     let start_ns = clock.now_ns() + 50_000_000;
-    let end_ns = start_ns + secs(args.duration).as_nanos() as u64;
-    let tables = Timetable::split(start_ns, args.rate, senders.len(), end_ns, args.count);
+    let end_ns = start_ns + secs(args.sending.duration).as_nanos() as u64;
+    let tables = Timetable::split(
+        start_ns,
+        args.rate,
+        senders.len(),
+        end_ns,
+        args.sending.count,
+    );
     let offered: u64 = tables.iter().map(Timetable::len).sum();
     let mut tasks = Vec::new();
     for (&i, table) in senders.iter().zip(tables) {
@@ -247,7 +253,7 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<i32> {
                 sent: stats.sent.clone(),
                 run,
                 sender: i as u32,
-                size: args.size,
+                size: args.sending.size,
             }
             .run(),
         ));
@@ -287,7 +293,7 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<i32> {
         "group",
         format!(
             "group, {} × {} members ({} online, {} senders each), {} msg/s offered, {} s",
-            args.groups, args.members, online, args.senders, args.rate, args.duration
+            args.groups, args.members, online, args.senders, args.rate, args.sending.duration
         ),
         json!(args),
     );
@@ -358,13 +364,8 @@ fn on_message(
     if !stats.first_sight(&mut m.seen, &d) {
         return;
     }
-    match TextStamp::decode(&d.body.text).filter(|s| s.run == run) {
-        Some(s) => {
-            let lat = now.saturating_sub(s.due_ns);
-            stats.e2e_latency.record_ns(lat);
-            m.got.push((id_key(&d.id), lat));
-        }
-        None => stats.undecodable.inc(),
+    if let Some(lat) = stats.record_latency(&d, now, run) {
+        m.got.push((id_key(&d.id), lat));
     }
 }
 
