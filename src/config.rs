@@ -104,9 +104,6 @@ pub struct MqttConfig {
 /// in flight on one connection.
 pub const MAX_INFLIGHT: u16 = u16::MAX - 101;
 
-/// Bytes a send envelope needs besides its text and cid (keys, `to`, body type, reply_to).
-const ENVELOPE_OVERHEAD: usize = 256;
-
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
@@ -427,27 +424,13 @@ impl Config {
         if !matches!(c.encoding.as_str(), "msgpack" | "json") {
             return Err(invalid("chat.encoding", "must be \"msgpack\" or \"json\""));
         }
-        if c.max_payload < 256 {
-            return Err(invalid("chat.max_payload", "must be at least 256"));
+        crate::protocol::Limits {
+            max_payload: c.max_payload,
+            max_text: c.max_text,
+            max_cid: c.max_cid,
         }
-        if c.max_text == 0 || c.max_text > c.max_payload {
-            return Err(invalid(
-                "chat.max_text",
-                "must be between 1 and chat.max_payload",
-            ));
-        }
-        if c.max_cid == 0 || c.max_cid > 256 {
-            return Err(invalid("chat.max_cid", "must be between 1 and 256"));
-        }
-        if c.max_payload < c.max_text + c.max_cid + ENVELOPE_OVERHEAD {
-            return Err(invalid(
-                "chat.max_payload",
-                format!(
-                    "must be at least chat.max_text + chat.max_cid + {ENVELOPE_OVERHEAD} \
-                     (room for a send envelope around the longest text)"
-                ),
-            ));
-        }
+        .check()
+        .map_err(|(key, reason)| invalid(&format!("chat.{key}"), reason))?;
         if c.group_max_members < 2 {
             return Err(invalid("chat.group_max_members", "must be at least 2"));
         }
@@ -597,6 +580,32 @@ mod tests {
             err.to_string().starts_with("auth.public_key_file:"),
             "{err}"
         );
+        // The chat limits follow one rule: what validates here is what the chat service takes.
+        let err = load(
+            MINIMAL,
+            &[
+                ("CHATMQ_CHAT__MAX_TEXT", "900"),
+                ("CHATMQ_CHAT__MAX_PAYLOAD", "1000"),
+            ],
+        )
+        .expect_err("no room for the envelope");
+        assert!(err.to_string().starts_with("chat.max_payload:"), "{err}");
+        let ok = load(
+            MINIMAL,
+            &[
+                ("CHATMQ_CHAT__MAX_TEXT", "100"),
+                ("CHATMQ_CHAT__MAX_PAYLOAD", "600"),
+            ],
+        )
+        .expect("a small payload limit with room for the envelope");
+        let c = &ok.chat;
+        assert!(crate::protocol::Limits {
+            max_payload: c.max_payload,
+            max_text: c.max_text,
+            max_cid: c.max_cid,
+        }
+        .check()
+        .is_ok());
     }
 
     #[test]

@@ -32,17 +32,27 @@ impl Default for Limits {
     }
 }
 
+/// Bytes a send envelope needs besides its text and cid (keys, `to`, body type, reply_to).
+pub const ENVELOPE_OVERHEAD: usize = 256;
+
 impl Limits {
-    /// For config validation: the key at fault and why.
+    /// The one rule for these limits (config validation and the chat service both use it):
+    /// the key at fault (under `chat.`) and why.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
-        if self.max_payload < 1024 {
-            return Err(("max_payload", "must be at least 1024 bytes".into()));
-        }
         if self.max_text == 0 || self.max_text > self.max_payload {
-            return Err(("max_text", "must be between 1 and max_payload".into()));
+            return Err(("max_text", "must be between 1 and chat.max_payload".into()));
         }
-        if self.max_cid == 0 || self.max_cid > 1024 {
-            return Err(("max_cid", "must be between 1 and 1024".into()));
+        if self.max_cid == 0 || self.max_cid > 256 {
+            return Err(("max_cid", "must be between 1 and 256".into()));
+        }
+        if self.max_payload < self.max_text + self.max_cid + ENVELOPE_OVERHEAD {
+            return Err((
+                "max_payload",
+                format!(
+                    "must be at least chat.max_text + chat.max_cid + {ENVELOPE_OVERHEAD} \
+                     (room for a send envelope around the longest text)"
+                ),
+            ));
         }
         Ok(())
     }
@@ -869,6 +879,22 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(bad.check().unwrap_err().0, "max_text");
+        // No envelope room around the longest text.
+        let tight = Limits {
+            max_payload: 1000,
+            max_text: 900,
+            max_cid: 64,
+        };
+        assert_eq!(tight.check().unwrap_err().0, "max_payload");
+        let small = Limits {
+            max_payload: 600,
+            max_text: 100,
+            max_cid: 64,
+        };
+        assert!(
+            small.check().is_ok(),
+            "below 1 KiB is fine with room for the envelope"
+        );
     }
 
     /// Whatever arrives, decoding answers and never panics.
