@@ -1,6 +1,6 @@
 //! Persistence in chat terms.
 //!
-//! The chat layer talks to one `Arc<dyn Store>`; SQL lives only in `sqlite.rs` and CQL only in
+//! The chat layer talks to one `Arc<dyn Store>`; SQL lives only in `sqlite/` and CQL only in
 //! `scylla/`. Backend errors are mapped to [`StoreErrorKind`] so callers never see a
 //! driver's error type.
 //!
