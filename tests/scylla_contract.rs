@@ -65,7 +65,7 @@ impl TestKeyspace {
 
 // ---- shared contract suite ------------------------------------------------------------------
 //
-// The shared suite from `src/store/contract.rs`, the same cases SQLite passes. Without
+// The shared suite from `src/store/contract/`, the same cases SQLite passes. Without
 // `CHATMQ_SCYLLA_NODES` at build time each case is ignored with that reason.
 chatmq::store_contract_tests!(
     contract_store,
