@@ -258,6 +258,17 @@ impl Default for ChatConfig {
     }
 }
 
+impl ChatConfig {
+    /// The payload limits these settings give (checked by [`crate::protocol::Limits::check`]).
+    pub fn limits(&self) -> crate::protocol::Limits {
+        crate::protocol::Limits {
+            max_payload: self.max_payload,
+            max_text: self.max_text,
+            max_cid: self.max_cid,
+        }
+    }
+}
+
 /// Sizes of the embedded rumqttd router that serves the general (non-chat) plane.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -424,13 +435,9 @@ impl Config {
         if !matches!(c.encoding.as_str(), "msgpack" | "json") {
             return Err(invalid("chat.encoding", "must be \"msgpack\" or \"json\""));
         }
-        crate::protocol::Limits {
-            max_payload: c.max_payload,
-            max_text: c.max_text,
-            max_cid: c.max_cid,
-        }
-        .check()
-        .map_err(|(key, reason)| invalid(&format!("chat.{key}"), reason))?;
+        c.limits()
+            .check()
+            .map_err(|(key, reason)| invalid(&format!("chat.{key}"), reason))?;
         if c.group_max_members < 2 {
             return Err(invalid("chat.group_max_members", "must be at least 2"));
         }
@@ -598,14 +605,7 @@ mod tests {
             ],
         )
         .expect("a small payload limit with room for the envelope");
-        let c = &ok.chat;
-        assert!(crate::protocol::Limits {
-            max_payload: c.max_payload,
-            max_text: c.max_text,
-            max_cid: c.max_cid,
-        }
-        .check()
-        .is_ok());
+        assert!(ok.chat.limits().check().is_ok());
     }
 
     #[test]

@@ -104,8 +104,7 @@ pub async fn resume_user<H>(
 where
     H: FnMut(Inbound<'_>) + Send + 'static,
 {
-    let mut target = target.clone();
-    target.clean_session = false;
+    let target = target.persistent();
     let opts = target.options(i, &format!("{user}-lt"), Some((user, token)));
     Conn::open(&target, opts, Vec::new(), handler).await
 }

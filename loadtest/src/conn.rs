@@ -47,6 +47,14 @@ impl Target {
         Ok(())
     }
 
+    /// The same target, connecting with clean_session = false (keep and resume the session).
+    pub fn persistent(&self) -> Target {
+        Target {
+            clean_session: false,
+            ..self.clone()
+        }
+    }
+
     pub fn options(&self, i: usize, client_id: &str, login: Option<(&str, &str)>) -> MqttOptions {
         let host = &self.hosts[i % self.hosts.len()];
         let mut o = MqttOptions::new(client_id, host.as_str(), self.port);

@@ -25,10 +25,7 @@ impl ChatService {
             ts,
             name: Some(name),
         };
-        for u in &everyone {
-            self.to_user(u, InKind::Event, &ev);
-        }
-        self.to_group(&gid, GroupKind::Event, &ev, 1);
+        self.announce_membership(&ev);
         Ok(RpcResult::Group(GroupInfoOut::from_info(
             info,
             Some(everyone),
@@ -55,10 +52,7 @@ impl ChatService {
                 ts: now_ms(),
                 name: None,
             };
-            for u in &change.changed {
-                self.to_user(u, InKind::Event, &ev);
-            }
-            self.to_group(&gid, GroupKind::Event, &ev, 1);
+            self.announce_membership(&ev);
         }
         Ok(RpcResult::Membership(MembershipOut::of(&gid, change)))
     }
@@ -152,9 +146,15 @@ impl ChatService {
             ts: now_ms(),
             name: None,
         };
-        for u in removed {
-            self.to_user(u, InKind::Event, &ev);
+        self.announce_membership(&ev);
+    }
+
+    /// A membership event goes to each user it names (`in/event`) and to the group's
+    /// subscribers (`chat/g/{gid}/event`).
+    fn announce_membership(&self, ev: &EventOut) {
+        for u in &ev.users {
+            self.to_user(u, InKind::Event, ev);
         }
-        self.to_group(gid, GroupKind::Event, &ev, 1);
+        self.to_group(&ev.gid, GroupKind::Event, ev, 1);
     }
 }

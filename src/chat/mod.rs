@@ -80,11 +80,7 @@ impl ChatService {
         } else {
             Encoding::MsgPack
         };
-        let limits = Limits {
-            max_payload: c.max_payload,
-            max_text: c.max_text,
-            max_cid: c.max_cid,
-        };
+        let limits = c.limits();
         limits
             .check()
             .map_err(|(key, reason)| format!("chat.{key}: {reason}"))?;

@@ -393,12 +393,17 @@ pub async fn open(cfg: &StoreConfig) -> StoreResult<std::sync::Arc<dyn Store>> {
                 })??;
             Ok(std::sync::Arc::new(store))
         }
+        #[cfg(not(feature = "sqlite"))]
+        StoreConfig::Sqlite(_) => Err(StoreError::new(
+            StoreErrorKind::Internal,
+            not_built("sqlite"),
+        )),
         #[cfg(feature = "scylla")]
         StoreConfig::Scylla(c) => Ok(std::sync::Arc::new(scylla::ScyllaStore::connect(c).await?)),
-        #[allow(unreachable_patterns)]
-        _ => Err(StoreError::new(
+        #[cfg(not(feature = "scylla"))]
+        StoreConfig::Scylla(_) => Err(StoreError::new(
             StoreErrorKind::Internal,
-            cfg.validate().err().unwrap_or_default(),
+            not_built("scylla"),
         )),
     }
 }

@@ -99,8 +99,7 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
     // Phase 0 (--persistent): every recipient leaves a session with its inbox subscription.
     if args.persistent {
         p.phase("leaving persistent sessions");
-        let mut target = env.target.clone();
-        target.clean_session = false;
+        let target = env.target.persistent();
         let results = open_many(
             args.users,
             env.common.connect_concurrency,

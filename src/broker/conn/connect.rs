@@ -99,7 +99,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let cfg = &state.config.mqtt;
     let v5 = version == Version::V5;
     let refuse = |codec, r| Err((codec, r));
-    let identity = match authenticate(state, peer, login.as_ref(), v5) {
+    let identity = match authenticate(state, peer, login.as_ref()) {
         Ok(i) => i,
         Err(r) => return refuse(codec, r),
     };
@@ -268,7 +268,6 @@ fn authenticate(
     state: &BrokerState,
     peer: SocketAddr,
     login: Option<&Login>,
-    v5: bool,
 ) -> Result<Option<Identity>, Refused> {
     let has_credentials = login.is_some_and(|l| !l.username.is_empty() || !l.password.is_empty());
     let identity = match login {
@@ -279,7 +278,7 @@ fn authenticate(
     identity.map_err(|e| {
         metrics::counter!(m::AUTH_FAILURES, "reason" => e.label()).increment(1);
         state.auth_throttle.failed(peer.ip());
-        info!(reason = %e, v5, "login refused");
+        info!(reason = %e, "login refused");
         match e {
             AuthError::Missing => Refused::ack(ConnectReturnCode::NotAuthorized, "not_authorized"),
             _ => Refused::ack(ConnectReturnCode::BadUserNamePassword, "bad_credentials"),
