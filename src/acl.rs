@@ -119,22 +119,23 @@ pub enum PublishRoute {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SubscribeRoute {
-    /// A filter inside the user's own `chat/u/{me}/` space. `inbox` is true when it covers
-    /// `chat/u/{me}/in/msg` (subscribing it starts offline delivery).
-    ChatUser {
-        inbox: bool,
-    },
-    /// A filter inside `chat/g/{gid}/`; membership is checked by the chat layer.
-    ChatGroup {
-        gid: String,
-    },
-    /// `chat/p/{user}`, exactly.
-    Presence {
-        user: String,
-    },
+    /// A chat-namespace filter: handed to the chat plane.
+    Chat(ChatFilter),
     /// General plane (possibly `$share/...`): forwarded to rumqttd.
     General,
     Deny(DenyReason),
+}
+
+/// What a chat-namespace filter the ACL accepted covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChatFilter {
+    /// A filter inside the user's own `chat/u/{me}/` space. `inbox` is true when it covers
+    /// `chat/u/{me}/in/msg` (subscribing it starts offline delivery).
+    User { inbox: bool },
+    /// A filter inside `chat/g/{gid}/`; membership is checked by the chat layer.
+    Group { gid: String },
+    /// `chat/p/{user}`, exactly.
+    Presence { user: String },
 }
 
 pub struct Acl {
@@ -249,16 +250,16 @@ fn chat_subscription(user: Option<&str>, rest: &str) -> SubscribeRoute {
                 // `chat/u/me` itself is never published to.
                 return SubscribeRoute::Deny(DenyReason::NotAuthorized);
             }
-            SubscribeRoute::ChatUser { inbox }
+            SubscribeRoute::Chat(ChatFilter::User { inbox })
         }
         ["g", gid, tail @ ..] if !tail.is_empty() && crate::store::valid_id(gid) => {
-            SubscribeRoute::ChatGroup {
+            SubscribeRoute::Chat(ChatFilter::Group {
                 gid: (*gid).to_owned(),
-            }
+            })
         }
-        ["p", u] if crate::store::valid_id(u) => SubscribeRoute::Presence {
+        ["p", u] if crate::store::valid_id(u) => SubscribeRoute::Chat(ChatFilter::Presence {
             user: (*u).to_owned(),
-        },
+        }),
         _ => SubscribeRoute::Deny(DenyReason::NotAuthorized),
     }
 }
@@ -351,31 +352,31 @@ mod tests {
         let w = alice();
         assert_eq!(
             acl.subscribe(&w, "chat/u/alice/in/#"),
-            SubscribeRoute::ChatUser { inbox: true }
+            SubscribeRoute::Chat(ChatFilter::User { inbox: true })
         );
         assert_eq!(
             acl.subscribe(&w, "chat/u/alice/#"),
-            SubscribeRoute::ChatUser { inbox: true }
+            SubscribeRoute::Chat(ChatFilter::User { inbox: true })
         );
         assert_eq!(
             acl.subscribe(&w, "chat/u/alice/in/msg"),
-            SubscribeRoute::ChatUser { inbox: true }
+            SubscribeRoute::Chat(ChatFilter::User { inbox: true })
         );
         assert_eq!(
             acl.subscribe(&w, "chat/u/alice/in/ack"),
-            SubscribeRoute::ChatUser { inbox: false }
+            SubscribeRoute::Chat(ChatFilter::User { inbox: false })
         );
         assert_eq!(
             acl.subscribe(&w, "chat/g/team/#"),
-            SubscribeRoute::ChatGroup { gid: "team".into() }
+            SubscribeRoute::Chat(ChatFilter::Group { gid: "team".into() })
         );
         assert_eq!(
             acl.subscribe(&w, "chat/g/team/msg"),
-            SubscribeRoute::ChatGroup { gid: "team".into() }
+            SubscribeRoute::Chat(ChatFilter::Group { gid: "team".into() })
         );
         assert_eq!(
             acl.subscribe(&w, "chat/p/bob"),
-            SubscribeRoute::Presence { user: "bob".into() }
+            SubscribeRoute::Chat(ChatFilter::Presence { user: "bob".into() })
         );
         for denied in [
             "chat/u/bob/in/#",

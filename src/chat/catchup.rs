@@ -1,13 +1,34 @@
-//! Offline catch-up: the undelivered DMs a device gets when it subscribes its inbox.
+//! Catch-up after a chat SUBSCRIBE: the retained presence of the users it covers, and the
+//! undelivered DMs a device gets when it subscribes its inbox.
 
 use super::*;
 
 impl ChatService {
+    /// Sends `presence` users' current presence (retained) to one connection, then, with
+    /// `inbox`, its user's offline backlog. Run as the session's catch-up task.
+    pub(super) async fn catch_up(&self, client: &Client, presence: Vec<String>, inbox: bool) {
+        for user in presence {
+            if let Ok(out) = self.current_presence(&user).await {
+                let d = Delivery {
+                    topic: Bytes::from(presence_topic(&user)),
+                    payload: self.encode(&out),
+                    qos: 1,
+                    retain: true,
+                    props: None,
+                };
+                self.registry.send_to(client.conn, d);
+            }
+        }
+        if inbox {
+            self.push_offline(client).await;
+        }
+    }
+
     /// Pushes `client.user`'s undelivered DMs to one connection, oldest first, a page at a
     /// time. This push is the connection's own backlog, so it is the one producer that waits
     /// for room in the queue (without ever closing the connection for it); what it cannot
     /// push stays pending for the next inbox subscribe.
-    pub(super) async fn push_offline(&self, client: &Client) {
+    async fn push_offline(&self, client: &Client) {
         let page = self.offline_page;
         let mut after = 0u64;
         let mut pushed = 0u64;

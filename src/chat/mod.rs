@@ -1,8 +1,9 @@
 //! Messaging semantics: send, receipts, typing, offline delivery, groups, presence, rpc.
 //!
-//! The connection layer hands every publish on a user's `out/` topics to [`ChatService`]
-//! (through the [`ChatPlane`] trait); the service validates, persists through the `Store`,
-//! answers on the sender's `in/` topics and fans out through the chat-plane registry.
+//! The connection layer attaches each authenticated client ([`ChatPlane::attach`]) and hands
+//! its chat publishes and chat filters to the [`ChatSession`] it gets back (`session.rs`);
+//! the service validates, persists through the `Store`, answers on the sender's `in/` topics
+//! and fans out through the chat-plane registry.
 
 mod catchup;
 mod convert;
@@ -13,10 +14,11 @@ pub mod rate;
 mod receipts;
 mod rpc;
 mod send;
+mod session;
 
 use crate::broker::codec::ReplyProps;
 use crate::broker::registry::{Delivery, Offer, Registry, WhenFull};
-use crate::broker::{ChatPlane, Client, Refusal, Turn};
+use crate::broker::{ChatPlane, ChatSession, Client, Refusal};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics as m;
@@ -35,6 +37,7 @@ use ids::{now_ms, IdGenerator};
 use parking_lot::Mutex;
 use rate::UserLimiter;
 use serde::Serialize;
+use session::{Session, Turn};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,14 +139,6 @@ impl ChatService {
             None => Ok(false),
         }
     }
-
-    // ---------------------------------------------------------------- send
-
-    // ------------------------------------------------------------- receipt
-
-    // -------------------------------------------------------------- typing
-
-    // ----------------------------------------------------------------- rpc
 }
 
 /// The PUBACK refusal for a chat error answered on `in/ack`.
@@ -160,21 +155,28 @@ fn refusal_of(code: ErrorCode) -> Refusal {
 
 #[async_trait]
 impl ChatPlane for ChatService {
-    async fn connected(&self, client: &Client) {
+    async fn attach(self: Arc<Self>, client: Client) -> Box<dyn ChatSession> {
         if self.registry.connections_of(&client.user) == 1 {
             self.activity(&client.user, true).await;
             self.announce_presence(&client.user).await;
         }
+        Box::new(Session::new(self, client))
     }
 
-    async fn disconnected(&self, client: &Client, remaining: usize) {
+    async fn detached(&self, client: &Client, remaining: usize) {
         if remaining == 0 {
             self.activity(&client.user, true).await;
             self.last_seen_written.lock().remove(&client.user);
             self.announce_presence(&client.user).await;
         }
     }
+}
 
+impl ChatService {
+    /// A publish on one of `client`'s `out/` topics (see [`ChatSession::publish`]). `turn`
+    /// orders the sends of one connection: a send waits for it before it hands its message
+    /// to the store and passes it on right after, so a client's messages get seqs in the
+    /// order it published them while their commits still overlap.
     async fn publish(
         &self,
         client: &Client,
@@ -216,26 +218,5 @@ impl ChatPlane for ChatService {
                 Ok(())
             }
         }
-    }
-
-    fn publish_denied(&self, client: &Client, topic: &str) {
-        self.ack_error(
-            &client.user,
-            None,
-            ChatError::forbidden(format!("not allowed to publish to {topic}")),
-        );
-    }
-
-    async fn may_subscribe_group(&self, user: &str, gid: &str) -> bool {
-        matches!(self.store.is_member(gid, user).await, Ok(true))
-    }
-
-    async fn inbox_subscribed(&self, client: &Client) {
-        self.push_offline(client).await;
-    }
-
-    async fn presence(&self, user: &str) -> Option<Bytes> {
-        let out = self.current_presence(user).await.ok()?;
-        Some(self.encode(&out))
     }
 }

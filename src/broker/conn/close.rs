@@ -6,9 +6,7 @@ impl Conn {
     /// Cleanup after the socket is gone: will, session, engine link, registry, presence.
     pub(super) async fn finish(mut self, close: Close) {
         debug!(?close, "closed");
-        if let Some((task, _)) = self.catchup.take() {
-            task.abort();
-        }
+        let chat_filters = self.chat.take().map(|c| c.end()).unwrap_or_default();
         if close.publishes_will() {
             if let Some(will) = self.will.take() {
                 self.publish_will(will);
@@ -17,14 +15,13 @@ impl Conn {
         let persistent = !self.session_ttl.is_zero();
         if persistent {
             let general = self.general_filters.drain().collect();
-            let chat = std::mem::take(&mut self.chat_filters);
             let cfg = &self.state.config.mqtt;
             let caps = SaveCaps {
                 per_user: cfg.max_saved_sessions_per_user,
                 total: cfg.max_saved_sessions,
             };
             let user = self.client.as_ref().map(|c| c.user.as_str());
-            let session = SavedSession::new(chat, general, self.session_ttl);
+            let session = SavedSession::new(chat_filters, general, self.session_ttl);
             match self
                 .state
                 .sessions
@@ -54,7 +51,7 @@ impl Conn {
         }
         let remaining = self.state.registry.unregister(self.conn_id);
         if let Some(client) = &self.client {
-            self.state.chat.disconnected(client, remaining).await;
+            self.state.chat.detached(client, remaining).await;
         }
         self.state.sessions.release(&self.namespaced, self.conn_id);
         if let Close::TakenOver(Some(done)) = close {

@@ -192,22 +192,20 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         kick_rx,
         link: None,
         general_filters: HashSet::new(),
-        chat_filters: Vec::new(),
+        chat: None,
         pending_subacks: VecDeque::new(),
         pending_unsubacks: VecDeque::new(),
         inbound: VecDeque::new(),
         parked: VecDeque::new(),
-        last_send: None,
         chat_qos2: HashSet::new(),
         inflight: HashSet::new(),
         next_pkid: ROUTER_PKIDS,
         aliases: HashMap::new(),
         will,
         wbuf: BytesMut::new(),
-        catchup: None,
     };
     if let Some(c) = &conn.client {
-        state.chat.connected(c).await;
+        conn.chat = Some(state.chat.clone().attach(c.clone()).await);
     }
     if let Some(saved) = saved {
         conn.restore(saved).await;

@@ -11,11 +11,10 @@ use super::codec::{Codec, CodecError, Frame, PublishHeader, ReplyProps, Version}
 use super::engine::GeneralLink;
 use super::registry::{ConnId, Delivery, OutboxRx};
 use super::sessions::{Dropped, SaveCaps, SavedSession};
-use super::{BrokerState, Client, Refusal, Turn};
-use crate::acl::{DenyReason, PublishRoute, SubscribeRoute, Who};
+use super::{BrokerState, ChatSession, ChatTask, Client, Refusal};
+use crate::acl::{ChatFilter, DenyReason, PublishRoute, SubscribeRoute, Who};
 use crate::auth::{unix_now, AuthError};
 use crate::metrics as m;
-use crate::protocol::OutKind;
 use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
@@ -109,24 +108,11 @@ impl From<CodecError> for Close {
     }
 }
 
-/// What new chat subscriptions start once they are in place.
-#[derive(Default)]
-struct ChatStarts {
-    /// Offline delivery (the inbox is covered).
-    inbox: bool,
-    /// Users whose retained presence is sent.
-    presence: Vec<String>,
-}
-
 /// A chat publish waiting for a processing slot.
-struct ChatJob {
-    client: Client,
-    kind: OutKind,
-    payload: Bytes,
-    reply: ReplyProps,
+struct ParkedChat {
     pkid: u16,
     qos: u8,
-    turn: Turn,
+    task: ChatTask,
 }
 
 struct InboundTask {
@@ -233,7 +219,7 @@ impl Leftover {
         let remaining = state.registry.unregister(self.conn);
         state.sessions.release(&self.namespaced, self.conn);
         if let Some(client) = &self.client {
-            state.chat.disconnected(client, remaining).await;
+            state.chat.detached(client, remaining).await;
         }
     }
 }
@@ -286,13 +272,13 @@ struct Conn {
     kick_rx: oneshot::Receiver<oneshot::Sender<()>>,
     link: Option<GeneralLink>,
     general_filters: HashSet<String>,
-    chat_filters: Vec<String>,
+    /// The chat side of an authenticated client (`None` for anonymous ones: the ACL never
+    /// routes chat topics for them).
+    chat: Option<Box<dyn ChatSession>>,
     pending_subacks: VecDeque<PendingAck<SubscribeReasonCode>>,
     pending_unsubacks: VecDeque<PendingAck<UnsubAckReason>>,
     inbound: VecDeque<InboundTask>,
-    parked: VecDeque<ChatJob>,
-    /// The turn the next send waits for.
-    last_send: Option<oneshot::Receiver<()>>,
+    parked: VecDeque<ParkedChat>,
     /// QoS 2 chat publishes answered with PUBREC, waiting for PUBREL.
     chat_qos2: HashSet<u16>,
     /// Packet ids of chat deliveries not yet acknowledged.
@@ -302,9 +288,6 @@ struct Conn {
     will: Option<Will>,
     /// Packets to write; moved into the socket buffer after each event.
     wbuf: BytesMut,
-    /// Offline push and retained presence after the latest chat SUBSCRIBE (one at a time).
-    /// The task, and whether it pushes the offline backlog.
-    catchup: Option<(JoinHandle<()>, bool)>,
 }
 
 async fn next_inbound(q: &mut VecDeque<InboundTask>) -> (u16, u8, Result<(), Refusal>) {

@@ -31,35 +31,23 @@ impl Conn {
         let route = self.state.acl.publish(&self.who(), topic);
         match route {
             PublishRoute::Chat(kind) => {
-                let Some(client) = self.client.clone() else {
+                let Some(chat) = self.chat.as_mut() else {
                     return self.deny_publish(h, DenyReason::NotAuthorized, topic.to_owned());
                 };
                 metrics::counter!(m::MESSAGES, "plane" => "chat", "kind" => kind.as_str())
                     .increment(1);
-                // Sends are chained in arrival order (see `Turn`); other kinds run freely.
-                let turn = if kind == OutKind::Send {
-                    let (turn, next) = Turn::chained(self.last_send.take());
-                    self.last_send = Some(next);
-                    turn
-                } else {
-                    Turn::default()
-                };
-                let job = ChatJob {
-                    client,
-                    kind,
-                    payload: p.payload,
-                    reply: ReplyProps::from_props(props.as_ref()),
+                let reply = ReplyProps::from_props(props.as_ref());
+                let parked = ParkedChat {
                     pkid: h.pkid,
                     qos: h.qos,
-                    turn,
+                    task: chat.publish(kind, p.payload, reply),
                 };
                 // QoS 0 (typing) takes a slot like the rest, so a flood of it is bounded too;
                 // it simply has nothing to acknowledge.
                 if self.inbound.len() < MAX_INBOUND && self.parked.is_empty() {
-                    let task = self.spawn_chat(job);
-                    self.inbound.push_back(task);
+                    self.inbound.push_back(run_chat(parked));
                 } else {
-                    self.parked.push_back(job);
+                    self.parked.push_back(parked);
                 }
                 Ok(())
             }
@@ -81,30 +69,13 @@ impl Conn {
         }
     }
 
-    pub(super) fn spawn_chat(&self, job: ChatJob) -> InboundTask {
-        let chat = self.state.chat.clone();
-        let ChatJob {
-            client,
-            kind,
-            payload,
-            reply,
-            pkid,
-            qos,
-            turn,
-        } = job;
-        let handle =
-            tokio::spawn(async move { chat.publish(&client, kind, payload, reply, turn).await });
-        InboundTask { pkid, qos, handle }
-    }
-
     /// Moves parked chat publishes into free processing slots, in arrival order.
     pub(super) fn unpark(&mut self) {
         while self.inbound.len() < MAX_INBOUND {
-            let Some(job) = self.parked.pop_front() else {
+            let Some(parked) = self.parked.pop_front() else {
                 break;
             };
-            let task = self.spawn_chat(job);
-            self.inbound.push_back(task);
+            self.inbound.push_back(run_chat(parked));
         }
     }
 
@@ -121,8 +92,8 @@ impl Conn {
             DenyReason::NotAuthorized => PubAckReason::NotAuthorized,
         };
         if !self.v5 {
-            if let Some(client) = &self.client {
-                self.state.chat.publish_denied(client, &topic);
+            if let Some(chat) = &self.chat {
+                chat.denied(&topic);
             }
         }
         match h.qos {
@@ -215,5 +186,15 @@ impl Conn {
             });
             self.put(Packet::PubAck(PubAck { pkid, reason }, props))
         }
+    }
+}
+
+/// Starts a chat publish in a processing slot.
+fn run_chat(parked: ParkedChat) -> InboundTask {
+    let ParkedChat { pkid, qos, task } = parked;
+    InboundTask {
+        pkid,
+        qos,
+        handle: tokio::spawn(task),
     }
 }
