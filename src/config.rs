@@ -2,12 +2,15 @@
 //!
 //! Environment overrides name a key path with `__` between levels, e.g.
 //! `CHATMQ_MQTT__LISTEN=0.0.0.0:1883` or `CHATMQ_AUTH__SECRET=...`. Values that parse as a
-//! TOML scalar (number, boolean) or array/inline table are taken as such, anything else as
+//! number, boolean, array (`[a, b]`) or dict (`{k = v}`) are taken as such, anything else as
 //! a string. Variables without `__` (e.g. `CHATMQ_SCYLLA_NODES`, used by tests) are not
-//! overrides.
+//! overrides. Merging and typing are figment's.
 
 use crate::acl::AclRule;
 use crate::store::StoreConfig;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::Value;
+use figment::Figment;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -330,22 +333,33 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         base: &Path,
     ) -> Result<Config, ConfigError> {
-        let mut doc: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        let mut figment = Figment::from(Toml::string(text));
+        // Which variable set which key, to name it when its value is refused.
+        let mut set_by: Vec<(String, String)> = Vec::new();
         for (name, value) in env {
-            let Some(path) = name.strip_prefix("CHATMQ_") else {
+            // Names without `__` (CHATMQ_CONFIG, CHATMQ_SCYLLA_NODES, …) are not overrides.
+            let Some(path) = name.strip_prefix("CHATMQ_").filter(|p| p.contains("__")) else {
                 continue;
             };
-            if !path.contains("__") {
-                continue;
-            }
-            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
-            apply_override(&mut doc, &keys, &value)
-                .map_err(|reason| invalid(&format!("{name} (environment)"), reason))?;
+            let key = path
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
+            // Numbers, booleans, arrays and dicts are taken as such, anything else as a
+            // string, so secrets and addresses need no quoting.
+            let value: Value = value.parse().unwrap_or_else(|e| match e {});
+            figment = figment.merge(Serialized::default(&key, value));
+            set_by.push((key, name));
         }
-        let mut config: Config = Config::deserialize(doc)
-            .map_err(|e| ConfigError::Parse(format!("broker config: {e}")))?;
+        let mut config: Config = figment.extract().map_err(|e| {
+            let key = e.path.join(".");
+            match set_by.iter().rev().find(|(k, _)| *k == key) {
+                Some((_, name)) => invalid(&format!("{name} (environment)"), e.kind.to_string()),
+                None if key.is_empty() => ConfigError::Parse(format!("broker config: {}", e.kind)),
+                None => ConfigError::Parse(format!("broker config: {key}: {}", e.kind)),
+            }
+        })?;
         config.resolve_paths(base);
         config.validate()?;
         Ok(config)
@@ -507,33 +521,6 @@ impl Config {
     }
 }
 
-/// Sets `keys` (a path of table keys) in `doc` to `raw`, creating tables on the way.
-fn apply_override(doc: &mut toml::Table, keys: &[String], raw: &str) -> Result<(), String> {
-    let (last, parents) = keys.split_last().ok_or("empty key")?;
-    let mut table = doc;
-    for key in parents {
-        let entry = table
-            .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{key}` is not a table"))?;
-    }
-    table.insert(last.clone(), parse_scalar(raw));
-    Ok(())
-}
-
-fn parse_scalar(raw: &str) -> toml::Value {
-    // Parse as the right-hand side of a TOML assignment; fall back to a plain string so that
-    // secrets and addresses need no quoting.
-    match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
-        Err(_) => toml::Value::String(raw.to_owned()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,6 +593,53 @@ mod tests {
         )
         .expect("a small payload limit with room for the envelope");
         assert!(ok.chat.limits().check().is_ok());
+        // A value of the wrong type names the variable that set it.
+        let err = load(MINIMAL, &[("CHATMQ_CHAT__GROUP_MAX_MEMBERS", "many")]).expect_err("type");
+        assert!(
+            err.to_string()
+                .starts_with("CHATMQ_CHAT__GROUP_MAX_MEMBERS (environment):"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_take_strings() {
+        let c = load(
+            MINIMAL,
+            &[
+                (
+                    "CHATMQ_AUTH__SECRET",
+                    "abcdefghijklmnopqrstuvwxyz0123456789",
+                ),
+                ("CHATMQ_LOG__LEVEL", "debug"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.auth.secret.as_deref(),
+            Some("abcdefghijklmnopqrstuvwxyz0123456789")
+        );
+        assert_eq!(c.log.level, "debug");
+    }
+
+    #[cfg(feature = "scylla")]
+    #[test]
+    fn env_overrides_take_arrays() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("CHATMQ_STORE__BACKEND", "scylla"),
+                (
+                    "CHATMQ_STORE__NODES",
+                    "[\"10.0.0.1:9042\", \"10.0.0.2:9042\"]",
+                ),
+            ],
+        )
+        .expect("valid");
+        let crate::store::StoreConfig::Scylla(scylla) = c.store else {
+            panic!("not scylla: {:?}", c.store);
+        };
+        assert_eq!(scylla.nodes, ["10.0.0.1:9042", "10.0.0.2:9042"]);
     }
 
     #[test]
