@@ -384,6 +384,23 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_mqtt()?;
+        self.validate_auth()?;
+        self.validate_chat()?;
+        self.validate_engine()?;
+        // The store's messages already start with the key (`store.<key>: reason`).
+        self.store.validate().map_err(ConfigError::Parse)?;
+        for (i, rule) in self.acl.iter().enumerate() {
+            rule.validate()
+                .map_err(|reason| invalid(&format!("acl[{i}].topic"), reason))?;
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        }
+        Ok(())
+    }
+
+    fn validate_mqtt(&self) -> Result<(), ConfigError> {
         let m = &self.mqtt;
         if m.max_packet_size < 1024 {
             return Err(invalid("mqtt.max_packet_size", "must be at least 1024"));
@@ -433,18 +450,15 @@ impl Config {
                 "max_saved_sessions_per_user and max_saved_sessions must be at least 1",
             ));
         }
-        if self.auth.failures_per_minute == 0 || self.auth.failures_burst == 0 {
-            return Err(invalid(
-                "auth.failures_per_minute",
-                "failures_per_minute and failures_burst must be at least 1",
-            ));
-        }
         if let Some(ws) = &m.websocket {
             if !ws.path.starts_with('/') {
                 return Err(invalid("mqtt.websocket.path", "must start with '/'"));
             }
         }
-        self.validate_auth()?;
+        Ok(())
+    }
+
+    fn validate_chat(&self) -> Result<(), ConfigError> {
         let c = &self.chat;
         if !matches!(c.encoding.as_str(), "msgpack" | "json") {
             return Err(invalid("chat.encoding", "must be \"msgpack\" or \"json\""));
@@ -467,6 +481,10 @@ impl Config {
         if c.offline_page == 0 || c.offline_page > 1000 {
             return Err(invalid("chat.offline_page", "must be between 1 and 1000"));
         }
+        Ok(())
+    }
+
+    fn validate_engine(&self) -> Result<(), ConfigError> {
         let e = &self.engine;
         if e.max_connections == 0 {
             return Err(invalid("engine.max_connections", "must be at least 1"));
@@ -483,20 +501,17 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        // The store's messages already start with the key (`store.<key>: reason`).
-        self.store.validate().map_err(ConfigError::Parse)?;
-        for (i, rule) in self.acl.iter().enumerate() {
-            rule.validate()
-                .map_err(|reason| invalid(&format!("acl[{i}].topic"), reason))?;
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(invalid("log.format", "must be \"text\" or \"json\""));
-        }
         Ok(())
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {
         let a = &self.auth;
+        if a.failures_per_minute == 0 || a.failures_burst == 0 {
+            return Err(invalid(
+                "auth.failures_per_minute",
+                "failures_per_minute and failures_burst must be at least 1",
+            ));
+        }
         match a.algorithm {
             JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512 => match &a.secret {
                 None => Err(invalid("auth.secret", "required for an HS* algorithm")),

@@ -30,7 +30,7 @@ use crate::protocol::{
     PresenceOut, PresenceState, ProfileOut, ProfilesOut, ReceiptOut, RpcOp, RpcResponse, RpcResult,
     SentAck, Target, TypingOut, GROUP_INFO_MEMBERS_MAX,
 };
-use crate::store::{Appended, ConvId, ConvKind, NewMessage, Store, StoreError};
+use crate::store::{Appended, ConvId, ConvKind, NewMessage, Store, StoreError, StoredMessage};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ids::{now_ms, IdGenerator};

@@ -71,31 +71,34 @@ impl ChatService {
         let stored = appended.message();
         self.to_user(me, InKind::Ack, &SentAck::of(stored));
         if let Appended::Stored(stored) = &appended {
-            match MessageOut::from_stored(stored) {
-                Ok(out) => {
-                    let payload = self.encode(&out);
-                    match &req.to {
-                        Target::User(peer) => {
-                            let d =
-                                Delivery::qos1(user_in_topic(peer, InKind::Msg), payload.clone());
-                            self.registry.deliver_user(peer, &d);
-                            let d = Delivery::qos1(user_in_topic(me, InKind::Msg), payload);
-                            self.registry.deliver_user(me, &d);
-                        }
-                        Target::Group(gid) => {
-                            self.registry.deliver_group(
-                                gid,
-                                &Delivery::qos1(group_topic(gid, GroupKind::Msg), payload),
-                            );
-                        }
-                    }
-                    metrics::histogram!(m::DELIVERY_LATENCY)
-                        .record(received.elapsed().as_secs_f64());
-                }
-                Err(e) => warn!(error = %e, "stored message could not be rendered"),
-            }
+            self.fan_out(me, &req.to, stored, received);
         }
         self.activity(me, false).await;
         Ok(())
+    }
+
+    /// Delivers a newly stored message to its recipients (and the sender's other devices).
+    fn fan_out(&self, me: &str, to: &Target, stored: &StoredMessage, received: Instant) {
+        let out = match MessageOut::from_stored(stored) {
+            Ok(out) => out,
+            Err(e) => {
+                warn!(error = %e, "stored message could not be rendered");
+                return;
+            }
+        };
+        let payload = self.encode(&out);
+        match to {
+            Target::User(peer) => {
+                let d = Delivery::qos1(user_in_topic(peer, InKind::Msg), payload.clone());
+                self.registry.deliver_user(peer, &d);
+                let d = Delivery::qos1(user_in_topic(me, InKind::Msg), payload);
+                self.registry.deliver_user(me, &d);
+            }
+            Target::Group(gid) => {
+                let d = Delivery::qos1(group_topic(gid, GroupKind::Msg), payload);
+                self.registry.deliver_group(gid, &d);
+            }
+        }
+        metrics::histogram!(m::DELIVERY_LATENCY).record(received.elapsed().as_secs_f64());
     }
 }

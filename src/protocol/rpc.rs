@@ -240,8 +240,72 @@ fn profile_field(
 }
 
 impl RpcWire {
-    fn into_op(self) -> Result<RpcOp, ChatError> {
-        let op = required("rpc", "op", self.op)?;
+    /// `history`: a conversation and one anchor, before or after.
+    fn history_op(self) -> Result<RpcOp, ChatError> {
+        const NAME: &str = "history";
+        let conv = required(NAME, "conv", self.conv)?;
+        let conv = ConvId::parse(&conv).ok_or_else(|| {
+            ChatError::bad_request(format!(
+                "history: conv \"{}\" is not a conversation id",
+                short(&conv)
+            ))
+        })?;
+        let dir = match (self.before, self.after) {
+            (Some(_), Some(_)) => {
+                return Err(ChatError::bad_request(
+                    "history: give `before` or `after`, not both",
+                ))
+            }
+            (None, Some(after)) => HistoryAnchor::After(after),
+            (before, None) => HistoryAnchor::Before(before),
+        };
+        Ok(RpcOp::History {
+            conv,
+            dir,
+            limit: page_limit(NAME, self.limit)?,
+        })
+    }
+
+    /// `group.create`: a non-empty name and the first members.
+    fn group_create_op(self) -> Result<RpcOp, ChatError> {
+        const NAME: &str = "group.create";
+        let group_name = required(NAME, "name", self.name)?;
+        if group_name.trim().is_empty() {
+            return Err(ChatError::bad_request(
+                "group.create: `name` must not be empty",
+            ));
+        }
+        check_text_field("group.create: name", &group_name, MAX_GROUP_NAME, false)?;
+        Ok(RpcOp::GroupCreate {
+            name: group_name,
+            members: check_users(NAME, "members", self.members.unwrap_or_default(), true)?,
+        })
+    }
+
+    /// `profile.set`: at least one field; an empty string clears it.
+    fn profile_set_op(self) -> Result<RpcOp, ChatError> {
+        let update = ProfileChange {
+            display_name: profile_field(self.display_name, |s| {
+                check_text_field("display_name", s, MAX_DISPLAY_NAME, false)
+            })?,
+            avatar_url: profile_field(self.avatar_url, |s| {
+                check_http_url("avatar_url", s, MAX_AVATAR_URL)
+            })?,
+            status: profile_field(self.status, |s| {
+                check_text_field("status", s, MAX_STATUS, false)
+            })?,
+            hide_last_seen: self.hide_last_seen,
+        };
+        if update == ProfileChange::default() {
+            return Err(ChatError::bad_request(
+                "profile.set: give at least one of display_name, avatar_url, status, hide_last_seen",
+            ));
+        }
+        Ok(RpcOp::ProfileSet(update))
+    }
+
+    fn into_op(mut self) -> Result<RpcOp, ChatError> {
+        let op = required("rpc", "op", self.op.take())?;
         let name = op.as_str();
         Ok(match name {
             "conversations" => RpcOp::Conversations {
@@ -253,42 +317,8 @@ impl RpcWire {
                     })?),
                 },
             },
-            "history" => {
-                let conv = required(name, "conv", self.conv)?;
-                let conv = ConvId::parse(&conv).ok_or_else(|| {
-                    ChatError::bad_request(format!(
-                        "history: conv \"{}\" is not a conversation id",
-                        short(&conv)
-                    ))
-                })?;
-                let dir = match (self.before, self.after) {
-                    (Some(_), Some(_)) => {
-                        return Err(ChatError::bad_request(
-                            "history: give `before` or `after`, not both",
-                        ))
-                    }
-                    (None, Some(after)) => HistoryAnchor::After(after),
-                    (before, None) => HistoryAnchor::Before(before),
-                };
-                RpcOp::History {
-                    conv,
-                    dir,
-                    limit: page_limit(name, self.limit)?,
-                }
-            }
-            "group.create" => {
-                let group_name = required(name, "name", self.name)?;
-                if group_name.trim().is_empty() {
-                    return Err(ChatError::bad_request(
-                        "group.create: `name` must not be empty",
-                    ));
-                }
-                check_text_field("group.create: name", &group_name, MAX_GROUP_NAME, false)?;
-                RpcOp::GroupCreate {
-                    name: group_name,
-                    members: check_users(name, "members", self.members.unwrap_or_default(), true)?,
-                }
-            }
+            "history" => self.history_op()?,
+            "group.create" => self.group_create_op()?,
             "group.add" | "group.remove" => {
                 let gid = required(name, "gid", self.gid)?;
                 check_gid(name, &gid)?;
@@ -310,26 +340,7 @@ impl RpcWire {
                 }
             }
             "group.list" => RpcOp::GroupList,
-            "profile.set" => {
-                let update = ProfileChange {
-                    display_name: profile_field(self.display_name, |s| {
-                        check_text_field("display_name", s, MAX_DISPLAY_NAME, false)
-                    })?,
-                    avatar_url: profile_field(self.avatar_url, |s| {
-                        check_http_url("avatar_url", s, MAX_AVATAR_URL)
-                    })?,
-                    status: profile_field(self.status, |s| {
-                        check_text_field("status", s, MAX_STATUS, false)
-                    })?,
-                    hide_last_seen: self.hide_last_seen,
-                };
-                if update == ProfileChange::default() {
-                    return Err(ChatError::bad_request(
-                        "profile.set: give at least one of display_name, avatar_url, status, hide_last_seen",
-                    ));
-                }
-                RpcOp::ProfileSet(update)
-            }
+            "profile.set" => self.profile_set_op()?,
             "profile.get" | "presence.get" => {
                 let users =
                     check_users(name, "users", required(name, "users", self.users)?, false)?;

@@ -123,87 +123,27 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         );
     };
     let (kick_rx, saved) = take_over(state, &ids.namespaced, conn_id, connect.clean_session).await;
-
-    let window = usize::from(
-        cfg.max_inflight
-            .min(terms.props.receive_maximum.unwrap_or(u16::MAX))
-            .max(1),
-    );
-    let (outbox, out_rx) =
-        crate::broker::registry::outbox(cfg.outbound_queue, cfg.outbound_queue_bytes);
-    if !state.registry.register(
-        conn_id,
-        ids.user.as_deref(),
-        outbox,
-        cfg.max_sessions_per_user,
-    ) {
-        metrics::counter!(m::LIMITS_HIT, "limit" => "sessions").increment(1);
-        info!(
-            max = cfg.max_sessions_per_user,
-            "connection refused: the user has too many sessions"
-        );
-        state.sessions.release(&ids.namespaced, conn_id);
-        return refuse(
-            codec,
-            Refused::ack(ConnectReturnCode::QuotaExceeded, "too_many_sessions"),
-        );
-    }
-
-    let ack = ConnAck {
-        session_present: saved.is_some(),
-        code: ConnectReturnCode::Success,
+    let out_rx = match register(state, conn_id, &ids) {
+        Ok(rx) => rx,
+        Err(r) => return refuse(codec, r),
     };
     let ack_props = v5.then(|| connack_properties(cfg, &terms, ids.assigned.clone()));
-    if codec
-        .write(Packet::ConnAck(ack, ack_props), &mut io.wbuf)
-        .is_err()
-        || io.flush().await.is_err()
-    {
-        state.registry.unregister(conn_id);
-        state.sessions.release(&ids.namespaced, conn_id);
-        return refuse(codec, Refused::Socket("write_failed"));
+    let present = saved.is_some();
+    if let Err(r) = write_connack(io, &codec, state, conn_id, &ids, present, ack_props).await {
+        return refuse(codec, r);
     }
-    metrics::counter!(m::CONNECTS, "result" => "ok").increment(1);
     debug!(version = ?version, keep_alive = terms.keep_alive, "connected");
-
-    let client = ids.user.as_ref().map(|u| Client {
-        conn: conn_id,
-        user: u.clone(),
-        device: ids.raw_id.clone(),
-        v5,
-    });
-    // `exp` is client-supplied: a far-future one means no deadline, never an overflow.
-    let token_deadline = identity.as_ref().and_then(|i| {
-        Instant::now().checked_add(Duration::from_secs(i.expires_at.saturating_sub(unix_now())))
-    });
-    let mut conn = Conn {
-        state: state.clone(),
+    let accepted = Accepted {
         codec,
         v5,
-        conn_id,
-        client,
-        raw_id: ids.raw_id,
-        namespaced: ids.namespaced,
-        keep_alive: terms.keep_alive,
-        token_deadline,
-        session_ttl: terms.session_ttl,
-        window,
+        ids,
+        terms,
+        expires_at: identity.map(|i| i.expires_at),
         out_rx,
         kick_rx,
-        link: None,
-        general_filters: HashSet::new(),
-        chat: None,
-        pending_subacks: VecDeque::new(),
-        pending_unsubacks: VecDeque::new(),
-        inbound: VecDeque::new(),
-        parked: VecDeque::new(),
-        chat_qos2: HashSet::new(),
-        inflight: HashSet::new(),
-        next_pkid: ROUTER_PKIDS,
-        aliases: HashMap::new(),
         will,
-        wbuf: BytesMut::new(),
     };
+    let mut conn = Conn::new(state.clone(), conn_id, accepted);
     if let Some(c) = &conn.client {
         conn.chat = Some(state.chat.clone().attach(c.clone()).await);
     }
@@ -211,6 +151,119 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         conn.restore(saved).await;
     }
     Ok(conn)
+}
+
+/// The accepting CONNACK; a socket that cannot take it gives back the registration.
+async fn write_connack<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Io<S>,
+    codec: &Codec,
+    state: &BrokerState,
+    conn_id: ConnId,
+    ids: &Ids,
+    session_present: bool,
+    props: Option<ConnAckProperties>,
+) -> Result<(), Refused> {
+    let ack = ConnAck {
+        session_present,
+        code: ConnectReturnCode::Success,
+    };
+    if codec
+        .write(Packet::ConnAck(ack, props), &mut io.wbuf)
+        .is_err()
+        || io.flush().await.is_err()
+    {
+        state.registry.unregister(conn_id);
+        state.sessions.release(&ids.namespaced, conn_id);
+        return Err(Refused::Socket("write_failed"));
+    }
+    metrics::counter!(m::CONNECTS, "result" => "ok").increment(1);
+    Ok(())
+}
+
+/// Puts the connection in the chat-plane registry, under `mqtt.max_sessions_per_user`.
+fn register(state: &BrokerState, conn_id: ConnId, ids: &Ids) -> Result<OutboxRx, Refused> {
+    let cfg = &state.config.mqtt;
+    let (outbox, out_rx) =
+        crate::broker::registry::outbox(cfg.outbound_queue, cfg.outbound_queue_bytes);
+    let user = ids.user.as_deref();
+    if state
+        .registry
+        .register(conn_id, user, outbox, cfg.max_sessions_per_user)
+    {
+        return Ok(out_rx);
+    }
+    metrics::counter!(m::LIMITS_HIT, "limit" => "sessions").increment(1);
+    info!(
+        max = cfg.max_sessions_per_user,
+        "connection refused: the user has too many sessions"
+    );
+    state.sessions.release(&ids.namespaced, conn_id);
+    Err(Refused::ack(
+        ConnectReturnCode::QuotaExceeded,
+        "too_many_sessions",
+    ))
+}
+
+/// What an accepted handshake settled, for [`Conn::new`].
+struct Accepted {
+    codec: Codec,
+    v5: bool,
+    ids: Ids,
+    terms: Terms,
+    /// The token's `exp` (unix seconds).
+    expires_at: Option<u64>,
+    out_rx: OutboxRx,
+    kick_rx: oneshot::Receiver<oneshot::Sender<()>>,
+    will: Option<Will>,
+}
+
+impl Conn {
+    fn new(state: Arc<BrokerState>, conn_id: ConnId, a: Accepted) -> Conn {
+        let cfg = &state.config.mqtt;
+        let window = usize::from(
+            cfg.max_inflight
+                .min(a.terms.props.receive_maximum.unwrap_or(u16::MAX))
+                .max(1),
+        );
+        let client = a.ids.user.as_ref().map(|u| Client {
+            conn: conn_id,
+            user: u.clone(),
+            device: a.ids.raw_id.clone(),
+            v5: a.v5,
+        });
+        // `exp` is client-supplied: a far-future one means no deadline, never an overflow.
+        let token_deadline = a.expires_at.and_then(|exp| {
+            Instant::now().checked_add(Duration::from_secs(exp.saturating_sub(unix_now())))
+        });
+        Conn {
+            codec: a.codec,
+            v5: a.v5,
+            conn_id,
+            client,
+            raw_id: a.ids.raw_id,
+            namespaced: a.ids.namespaced,
+            keep_alive: a.terms.keep_alive,
+            token_deadline,
+            session_ttl: a.terms.session_ttl,
+            window,
+            out_rx: a.out_rx,
+            kick_rx: a.kick_rx,
+            link: None,
+            general_filters: HashSet::new(),
+            chat: None,
+            pending_subacks: VecDeque::new(),
+            pending_unsubacks: VecDeque::new(),
+            inbound: VecDeque::new(),
+            parked: VecDeque::new(),
+            chat_qos2: HashSet::new(),
+            inflight: HashSet::new(),
+            next_pkid: ROUTER_PKIDS,
+            aliases: HashMap::new(),
+            will: a.will,
+            wbuf: BytesMut::new(),
+            state,
+        }
+    }
 }
 
 /// Waits (until `connect_timeout_ms`) for a whole CONNECT and reads it with the codec of

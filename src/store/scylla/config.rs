@@ -75,6 +75,36 @@ impl Default for Replication {
 }
 
 impl Replication {
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Replication::SimpleStrategy { replication_factor } => {
+                if *replication_factor == 0 {
+                    return Err("store.replication.replication_factor: must be at least 1".into());
+                }
+            }
+            Replication::NetworkTopologyStrategy { datacenters } => {
+                if datacenters.is_empty() {
+                    return Err(
+                        "store.replication.datacenters: name at least one datacenter".into(),
+                    );
+                }
+                for (dc, factor) in datacenters {
+                    if !valid_dc_name(dc) {
+                        return Err(format!(
+                            "store.replication.datacenters: {dc:?} is not a datacenter name"
+                        ));
+                    }
+                    if *factor == 0 {
+                        return Err(format!(
+                            "store.replication.datacenters.{dc}: must be at least 1"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The CQL replication map literal. Names are validated first, so they are safe to quote.
     pub(crate) fn to_cql(&self) -> String {
         match self {
@@ -167,32 +197,7 @@ impl ScyllaConfig {
                 self.keyspace
             ));
         }
-        match &self.replication {
-            Replication::SimpleStrategy { replication_factor } => {
-                if *replication_factor == 0 {
-                    return Err("store.replication.replication_factor: must be at least 1".into());
-                }
-            }
-            Replication::NetworkTopologyStrategy { datacenters } => {
-                if datacenters.is_empty() {
-                    return Err(
-                        "store.replication.datacenters: name at least one datacenter".into(),
-                    );
-                }
-                for (dc, factor) in datacenters {
-                    if !valid_dc_name(dc) {
-                        return Err(format!(
-                            "store.replication.datacenters: {dc:?} is not a datacenter name"
-                        ));
-                    }
-                    if *factor == 0 {
-                        return Err(format!(
-                            "store.replication.datacenters.{dc}: must be at least 1"
-                        ));
-                    }
-                }
-            }
-        }
+        self.replication.validate()?;
         if let Some(dc) = &self.local_datacenter {
             if !valid_dc_name(dc) {
                 return Err(format!(

@@ -1,5 +1,5 @@
 //! The steps of `append_message`, `set_cursor` and friends: seq seeding, dedup lookup,
-//! bookkeeping side effects, pending deliveries.
+//! bookkeeping side effects, pending deliveries; listing conversations.
 
 use super::*;
 
@@ -153,6 +153,67 @@ impl ScyllaStore {
             (user, conv.as_str(), up_to),
             "set_cursor: clear pending_by_conv",
         )
+        .await
+    }
+
+    /// DMs from the user's own partition merged with their groups' activity, ranked.
+    pub(super) async fn list_conversations(
+        &self,
+        user: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConversationSummary>> {
+        // A user's DMs come from their own partition; groups keep their activity in
+        // conv_meta (fanning every group message out to 50,000 member indexes would not
+        // scale), so they are merged in here. Listing is rare next to sending.
+        let dms: Vec<(String, Option<i64>, Option<i64>)> = self
+            .all_rows(&self.st.SELECT_USER_CONVS, (user,), "conversations: dms")
+            .await?;
+        let mut candidates = Vec::with_capacity(dms.len());
+        for (conv, last_seq, last_ts) in dms {
+            candidates.push(Candidate {
+                conv: ConvId(conv),
+                last_ts: last_ts.unwrap_or(0),
+                last_seq: counter_from_db(last_seq.unwrap_or(0))?,
+                name: None,
+            });
+        }
+        let gids = self.groups_of(user).await?;
+        let groups = try_join_all(gids.iter().map(|gid| async move {
+            let conv = ConvId::group(gid);
+            let (meta, group) = try_join(
+                self.maybe_row::<(Option<i64>, Option<i64>)>(
+                    &self.st.SELECT_CONV_META,
+                    (conv.as_str(),),
+                    "conversations: group activity",
+                ),
+                self.group_row(gid),
+            )
+            .await?;
+            let Some((_, name, _, created_ts, _)) = group else {
+                return Ok(None);
+            };
+            let (last_seq, last_ts) = meta.unwrap_or((None, None));
+            Ok::<_, StoreError>(Some(Candidate {
+                conv,
+                // An empty group's activity is its creation.
+                last_ts: last_ts.or(created_ts).unwrap_or(0),
+                last_seq: counter_from_db(last_seq.unwrap_or(0))?,
+                name,
+            }))
+        }))
+        .await?;
+        candidates.extend(groups.into_iter().flatten());
+
+        let ranked = rows::rank_conversations(candidates, before, limit);
+        try_join_all(ranked.into_iter().map(|c| async move {
+            let (last_message, cursors) = try_join(
+                self.message(&c.conv, c.last_seq),
+                self.cursors(user, &c.conv),
+            )
+            .await?;
+            Ok::<_, StoreError>(rows::summary(c, last_message, cursors))
+        }))
         .await
     }
 }

@@ -8,8 +8,8 @@
 //! - `seq`: per-conversation seq allocator and per-group locks; the density argument.
 //! - `errors`: driver errors → [`StoreErrorKind`]; driver types stop there.
 //! - `connect`: session, keyspace, schema and TLS; `query`: the statement helpers every
-//!   request uses; `messages` and `groups`: the multi-statement steps of those requests.
-//!   `mod.rs` holds the `Store` impl.
+//!   request uses; `messages`, `groups` and `profiles`: the multi-statement steps of those
+//!   requests. `mod.rs` holds the `Store` impl.
 //!
 //! # How the contract maps onto a database without transactions
 //! - Every statement is prepared (so routing is token-aware) and runs in one execution
@@ -33,6 +33,7 @@ mod errors;
 mod groups;
 mod messages;
 mod plan;
+mod profiles;
 mod query;
 mod rows;
 mod seq;
@@ -328,58 +329,7 @@ impl Store for ScyllaStore {
         limit: u32,
     ) -> StoreResult<Vec<ConversationSummary>> {
         self.check_open()?;
-        // A user's DMs come from their own partition; groups keep their activity in
-        // conv_meta (fanning every group message out to 50,000 member indexes would not
-        // scale), so they are merged in here. Listing is rare next to sending.
-        let dms: Vec<(String, Option<i64>, Option<i64>)> = self
-            .all_rows(&self.st.SELECT_USER_CONVS, (user,), "conversations: dms")
-            .await?;
-        let mut candidates = Vec::with_capacity(dms.len());
-        for (conv, last_seq, last_ts) in dms {
-            candidates.push(Candidate {
-                conv: ConvId(conv),
-                last_ts: last_ts.unwrap_or(0),
-                last_seq: counter_from_db(last_seq.unwrap_or(0))?,
-                name: None,
-            });
-        }
-        let gids = self.groups_of(user).await?;
-        let groups = try_join_all(gids.iter().map(|gid| async move {
-            let conv = ConvId::group(gid);
-            let (meta, group) = try_join(
-                self.maybe_row::<(Option<i64>, Option<i64>)>(
-                    &self.st.SELECT_CONV_META,
-                    (conv.as_str(),),
-                    "conversations: group activity",
-                ),
-                self.group_row(gid),
-            )
-            .await?;
-            let Some((_, name, _, created_ts, _)) = group else {
-                return Ok(None);
-            };
-            let (last_seq, last_ts) = meta.unwrap_or((None, None));
-            Ok::<_, StoreError>(Some(Candidate {
-                conv,
-                // An empty group's activity is its creation.
-                last_ts: last_ts.or(created_ts).unwrap_or(0),
-                last_seq: counter_from_db(last_seq.unwrap_or(0))?,
-                name,
-            }))
-        }))
-        .await?;
-        candidates.extend(groups.into_iter().flatten());
-
-        let ranked = rows::rank_conversations(candidates, before, limit);
-        try_join_all(ranked.into_iter().map(|c| async move {
-            let (last_message, cursors) = try_join(
-                self.message(&c.conv, c.last_seq),
-                self.cursors(user, &c.conv),
-            )
-            .await?;
-            Ok::<_, StoreError>(rows::summary(c, last_message, cursors))
-        }))
-        .await
+        self.list_conversations(user, before, limit).await
     }
 
     async fn create_group(
@@ -578,38 +528,8 @@ impl Store for ScyllaStore {
 
     async fn set_profile(&self, user: &str, update: ProfileUpdate) -> StoreResult<Profile> {
         self.check_open()?;
-        let text = |v: Option<String>| v.map(CqlValue::Text);
-        let mut statements: Vec<&PreparedStatement> = Vec::new();
-        let mut values: Vec<(Option<CqlValue>, &str)> = Vec::new();
-        if let Some(v) = update.display_name {
-            statements.push(&self.st.SET_DISPLAY_NAME);
-            values.push((text(v), user));
-        }
-        if let Some(v) = update.avatar_url {
-            statements.push(&self.st.SET_AVATAR_URL);
-            values.push((text(v), user));
-        }
-        if let Some(v) = update.status {
-            statements.push(&self.st.SET_STATUS);
-            values.push((text(v), user));
-        }
-        if let Some(v) = update.hide_last_seen {
-            statements.push(&self.st.SET_HIDE_LAST_SEEN);
-            values.push((Some(CqlValue::Boolean(v)), user));
-        }
-        if !statements.is_empty() {
-            // One partition (the user's profile row): applied atomically.
-            let mut batch = Batch::new(BatchType::Unlogged);
-            for st in statements {
-                batch.append_statement(st.clone());
-            }
-            batch.set_is_idempotent(true);
-            self.session
-                .batch(&batch, &values)
-                .await
-                .ctx("set profile")?;
-        }
-        let mut profiles = self.profiles(&[user.to_owned()]).await?;
+        self.write_profile(user, update).await?;
+        let mut profiles = self.read_profiles(&[user.to_owned()]).await?;
         profiles.pop().ok_or_else(|| {
             StoreError::new(StoreErrorKind::Internal, "set profile: profile vanished")
         })
@@ -617,23 +537,7 @@ impl Store for ScyllaStore {
 
     async fn profiles(&self, users: &[String]) -> StoreResult<Vec<Profile>> {
         self.check_open()?;
-        try_join_all(users.iter().map(|user| async move {
-            let (profile, last_seen) = try_join(
-                self.maybe_row::<ProfileRow>(&self.st.SELECT_PROFILE, (user,), "read profile"),
-                self.maybe_row::<(Option<i64>,)>(
-                    &self.st.SELECT_LAST_SEEN,
-                    (user,),
-                    "read last seen",
-                ),
-            )
-            .await?;
-            Ok::<_, StoreError>(rows::profile_from_row(
-                user,
-                profile,
-                last_seen.and_then(|(ts,)| ts),
-            ))
-        }))
-        .await
+        self.read_profiles(users).await
     }
 
     async fn touch_last_seen(&self, user: &str, ts: i64) -> StoreResult<()> {

@@ -57,7 +57,29 @@ pub(super) fn append(conn: &Connection, msg: NewMessage) -> DbResult<Appended> {
     conn.prepare_cached("INSERT INTO dedup (sender, cid, conv, seq) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![msg.from, msg.cid, msg.conv.as_str(), seq])?;
 
-    match kind {
+    index_and_queue(conn, &kind, &msg, seq)?;
+
+    Ok(Appended::Stored(StoredMessage {
+        id: msg.id,
+        seq: seq_from_sql(seq),
+        conv: msg.conv,
+        from: msg.from,
+        ts: msg.ts,
+        cid: msg.cid,
+        body: msg.body,
+        reply_to: msg.reply_to,
+    }))
+}
+
+/// After a message row: the conversation lists of a DM's participants and the recipient's
+/// pending delivery, or the group's last activity.
+fn index_and_queue(
+    conn: &Connection,
+    kind: &ConvKind<'_>,
+    msg: &NewMessage,
+    seq: i64,
+) -> DbResult<()> {
+    match *kind {
         ConvKind::Direct { a, b } => {
             let mut index = conn.prepare_cached(
                 "INSERT INTO dm_index (user, conv, last_ts) VALUES (?1, ?2, ?3)
@@ -86,17 +108,7 @@ pub(super) fn append(conn: &Connection, msg: NewMessage) -> DbResult<Appended> {
                 .execute(params![gid, msg.ts])?;
         }
     }
-
-    Ok(Appended::Stored(StoredMessage {
-        id: msg.id,
-        seq: seq_from_sql(seq),
-        conv: msg.conv,
-        from: msg.from,
-        ts: msg.ts,
-        cid: msg.cid,
-        body: msg.body,
-        reply_to: msg.reply_to,
-    }))
+    Ok(())
 }
 
 pub(super) fn history(
