@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use crate::cli::ChatAuth;
 use crate::conn::{Conn, ConnectFailure, Inbound, Target};
 use crate::protocol::{self, RpcResponse, SentAck};
-use crate::rate::{Clock, Timetable};
+use crate::rate::{Clock, Pace, Timetable};
 use crate::scenario::open_many;
 use crate::stats::{id_key, Counter, SharedLatency};
 use crate::token::TokenSource;
@@ -129,7 +129,7 @@ pub async fn send_text(
 /// `outbox` before it is sent.
 pub struct TimedSender {
     pub clock: Clock,
-    pub table: Timetable,
+    pub pace: Pace,
     pub client: AsyncClient,
     pub me: String,
     /// `u:{user}` or `g:{gid}`.
@@ -147,8 +147,7 @@ impl TimedSender {
     /// Sends until the timetable ends or a publish fails.
     pub async fn run(self) {
         let mut n = 0u64;
-        while let Some(due) = self.table.at(n) {
-            self.clock.sleep_until(due).await;
+        while let Some(due) = self.pace.due(&self.clock, n).await {
             let cid = format!("{n}");
             let stamp = protocol::TextStamp {
                 run: self.run,
@@ -170,6 +169,63 @@ impl TimedSender {
             self.sent.inc();
             n += 1;
         }
+    }
+}
+
+/// One sender of [`send_phase`]: its client, user, target (`u:{user}` or `g:{gid}`), outbox
+/// and index in the stamp.
+pub struct SenderSpec {
+    pub client: AsyncClient,
+    pub me: String,
+    pub to: String,
+    pub outbox: Arc<Mutex<Outbox>>,
+    pub index: u32,
+}
+
+/// What a send phase did: sends offered by the timetables, when sending started and ended.
+pub struct SendPhase {
+    pub offered: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// The send phase of a chat scenario: `rate` msg/s split over `senders`, each an open-loop
+/// [`TimedSender`], for `sending.duration` s (at most `sending.count` each); waits for all.
+pub async fn send_phase(
+    clock: Clock,
+    rate: f64,
+    sending: &crate::cli::Sending,
+    run: u32,
+    sent: &Counter,
+    senders: Vec<SenderSpec>,
+) -> SendPhase {
+    let start_ns = clock.now_ns() + 50_000_000;
+    let end_ns = start_ns + Duration::from_secs_f64(sending.duration.max(0.0)).as_nanos() as u64;
+    let tables = Timetable::split(start_ns, rate, senders.len(), end_ns, sending.count);
+    let offered = tables.iter().map(Timetable::len).sum();
+    let mut tasks = Vec::with_capacity(senders.len());
+    for (s, table) in senders.into_iter().zip(tables) {
+        let sender = TimedSender {
+            clock,
+            pace: Pace::Table(table),
+            client: s.client,
+            me: s.me,
+            to: s.to,
+            outbox: s.outbox,
+            sent: sent.clone(),
+            run,
+            sender: s.index,
+            size: sending.size,
+        };
+        tasks.push(tokio::spawn(sender.run()));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    SendPhase {
+        offered,
+        start_ns,
+        end_ns: clock.now_ns(),
     }
 }
 

@@ -7,14 +7,15 @@
 //!   setup they share (`Env`, opening many connections)
 //! - `conn`      the target (loopback guard, client options) and one MQTT connection run by its
 //!   own task, handing what arrives to a scenario's handler
-//! - `chat`      chat users: ids, tokens, inbox connections, rpc
+//! - `chat`      chat users: ids, tokens, inbox connections, rpc, the chat send phase
 //! - `protocol`  topics and payloads: the raw header, chat MessagePack maps (pure)
-//! - `rate`      the run clock and the open-loop timetable (pure)
+//! - `rate`      the run clock, the open-loop timetable and `Pace`, which every sender walks
 //! - `stats`     latency histograms, per-publisher sequence tracking, live counters (pure)
 //! - `token`     HS256 minting or `--token-cmd`
 //! - `procstat`  broker RSS and CPU from /proc
 //! - `progress`  the once-a-second line on stderr
 //! - `report`    the final table and the JSON file
+//! - `table`     the one table writer (markdown for BENCHMARKS.md, aligned text)
 
 pub mod chat;
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod rate;
 pub mod report;
 pub mod scenario;
 pub mod stats;
+pub mod table;
 pub mod token;
 
 use cli::{Cli, Scenario};

@@ -1,4 +1,4 @@
-//! The open-loop timetable and the run clock.
+//! The open-loop timetable, the one pacing every sender uses, and the run clock.
 //!
 //! Senders never wait for a reply before the next send: the n-th send is due at a fixed
 //! time computed up front, and latency is measured from that time. A broker that stalls
@@ -125,6 +125,51 @@ impl Timetable {
     }
 }
 
+/// How an open-loop sender is paced: at the due times of a timetable, or as fast as it can
+/// (each send due when it is made) until an end time or a count. Every sender of the tool
+/// (chat senders, raw publishers, the offline pile-up, history queries) walks its sends with
+/// [`Pace::due`].
+#[derive(Clone, Debug)]
+pub enum Pace {
+    Table(Timetable),
+    Max { end_ns: u64, limit: Option<u64> },
+}
+
+impl Pace {
+    /// `table` when a rate was asked for, otherwise as fast as possible.
+    pub fn of(table: Option<Timetable>, end_ns: u64, limit: Option<u64>) -> Pace {
+        match table {
+            Some(t) => Pace::Table(t),
+            None => Pace::Max { end_ns, limit },
+        }
+    }
+
+    /// Waits until send `n` is due and returns its due time; `None` when the pace has no
+    /// send `n`. Call it with n = 0, 1, 2, … in turn.
+    pub async fn due(&self, clock: &Clock, n: u64) -> Option<u64> {
+        match self {
+            Pace::Table(t) => {
+                let due = t.at(n)?;
+                clock.sleep_until(due).await;
+                Some(due)
+            }
+            Pace::Max { end_ns, limit } => {
+                if limit.is_some_and(|l| n >= l) {
+                    return None;
+                }
+                // rumqttc's request channel does not take part in tokio's cooperative budget:
+                // at max rate a sender would otherwise never yield and starve the receivers
+                // sharing its worker thread.
+                if n > 0 && n % 32 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                let now = clock.now_ns();
+                (now < *end_ns).then_some(now)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +219,21 @@ mod tests {
         let t = Timetable::new(5, 1000.0, u64::MAX, None);
         assert_eq!(t.at(u64::MAX), None);
         assert_eq!(t.at(2), Some(2_000_005));
+    }
+
+    #[tokio::test]
+    async fn max_pace_ends_at_the_limit_or_the_end_time() {
+        let clock = Clock::new();
+        let pace = Pace::of(None, u64::MAX, Some(3));
+        for n in 0..3 {
+            assert!(pace.due(&clock, n).await.is_some());
+        }
+        assert_eq!(pace.due(&clock, 3).await, None);
+        let ended = Pace::of(None, clock.now_ns(), None);
+        assert_eq!(ended.due(&clock, 0).await, None);
+        let table = Pace::of(Some(Timetable::new(0, 1000.0, u64::MAX, Some(2))), 0, None);
+        assert_eq!(table.due(&clock, 1).await, Some(1_000_000));
+        assert_eq!(table.due(&clock, 2).await, None);
     }
 
     #[test]

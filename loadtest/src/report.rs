@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::procstat::BrokerSummary;
 use crate::stats::LatencySummary;
+use crate::table::Table;
 
 /// Every figure of one scenario run.
 #[derive(Debug, Default)]
@@ -148,28 +149,22 @@ impl Report {
             line(&mut out, format!("  {name:<38} {}", parts.join(" ")));
         }
         if !self.latencies.is_empty() {
-            line(
-                &mut out,
-                format!(
-                    "  {:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                    "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
-                ),
+            let mut t = Table::numeric(
+                "latency (ms)",
+                &["count", "p50", "p90", "p99", "p99.9", "max"],
             );
             for (name, s) in &self.latencies {
-                line(
-                    &mut out,
-                    format!(
-                        "  {:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                        name,
-                        fmt_u(s.count),
-                        fmt_ms(s.p50_ms),
-                        fmt_ms(s.p90_ms),
-                        fmt_ms(s.p99_ms),
-                        fmt_ms(s.p999_ms),
-                        fmt_ms(s.max_ms)
-                    ),
-                );
+                t.row([
+                    name.clone(),
+                    fmt_u(s.count),
+                    fmt_ms(s.p50_ms),
+                    fmt_ms(s.p90_ms),
+                    fmt_ms(s.p99_ms),
+                    fmt_ms(s.p999_ms),
+                    fmt_ms(s.max_ms),
+                ]);
             }
+            out.push_str(&t.text(2, &[22, 10, 9, 9, 9, 9, 9]));
         }
         if let Some(b) = &self.broker {
             line(

@@ -15,7 +15,6 @@ use crate::chat::{self, ChatStats, Outbox};
 use crate::cli::DmArgs;
 use crate::conn::Inbound;
 use crate::protocol::{classify, InboundKind};
-use crate::rate::Timetable;
 use crate::report::Report;
 use crate::stats::Latency;
 
@@ -110,32 +109,17 @@ pub async fn run(args: DmArgs) -> anyhow::Result<i32> {
     p.latency("ack", &stats.ack_latency);
     p.latency("e2e", &stats.e2e_latency);
     p.phase("sending");
-    let start_ns = clock.now_ns() + 50_000_000;
-    let end_ns = start_ns + secs(args.sending.duration).as_nanos() as u64;
-    let tables = Timetable::split(start_ns, args.rate, args.users, end_ns, args.sending.count);
-    let offered: u64 = tables.iter().map(Timetable::len).sum();
-    let mut tasks = Vec::with_capacity(args.users);
-    for (i, table) in tables.into_iter().enumerate() {
-        tasks.push(tokio::spawn(
-            chat::TimedSender {
-                clock,
-                table,
-                client: conns[i].client.clone(),
-                me: users[i].clone(),
-                to: format!("u:{}", users[peer[i]]),
-                outbox: outboxes[i].clone(),
-                sent: stats.sent.clone(),
-                run,
-                sender: i as u32,
-                size: args.sending.size,
-            }
-            .run(),
-        ));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let send_end_ns = clock.now_ns();
+    let senders = (0..args.users)
+        .map(|i| chat::SenderSpec {
+            client: conns[i].client.clone(),
+            me: users[i].clone(),
+            to: format!("u:{}", users[peer[i]]),
+            outbox: outboxes[i].clone(),
+            index: i as u32,
+        })
+        .collect();
+    let phase = chat::send_phase(clock, args.rate, &args.sending, run, &stats.sent, senders).await;
+    let (offered, start_ns, send_end_ns) = (phase.offered, phase.start_ns, phase.end_ns);
 
     p.phase("draining");
     let drained = wait_for(secs(args.drain), || {

@@ -18,7 +18,6 @@ use crate::chat::{self, ChatStats, Outbox, RpcWaiters};
 use crate::cli::GroupArgs;
 use crate::conn::{Conn, Inbound};
 use crate::protocol::{self, classify, value_id, InboundKind};
-use crate::rate::Timetable;
 use crate::report::Report;
 use crate::stats::{id_key, Latency};
 
@@ -230,38 +229,18 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<i32> {
     let senders: Vec<usize> = (0..args.groups)
         .flat_map(|g| (0..args.senders).map(move |k| g * online + k))
         .collect();
-    let start_ns = clock.now_ns() + 50_000_000;
-    let end_ns = start_ns + secs(args.sending.duration).as_nanos() as u64;
-    let tables = Timetable::split(
-        start_ns,
-        args.rate,
-        senders.len(),
-        end_ns,
-        args.sending.count,
-    );
-    let offered: u64 = tables.iter().map(Timetable::len).sum();
-    let mut tasks = Vec::new();
-    for (&i, table) in senders.iter().zip(tables) {
-        tasks.push(tokio::spawn(
-            chat::TimedSender {
-                clock,
-                table,
-                client: conns[i].client.clone(),
-                me: users[i].clone(),
-                to: format!("g:{}", gids[i / online]),
-                outbox: outboxes[i].clone(),
-                sent: stats.sent.clone(),
-                run,
-                sender: i as u32,
-                size: args.sending.size,
-            }
-            .run(),
-        ));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let send_end_ns = clock.now_ns();
+    let specs = senders
+        .iter()
+        .map(|&i| chat::SenderSpec {
+            client: conns[i].client.clone(),
+            me: users[i].clone(),
+            to: format!("g:{}", gids[i / online]),
+            outbox: outboxes[i].clone(),
+            index: i as u32,
+        })
+        .collect();
+    let phase = chat::send_phase(clock, args.rate, &args.sending, run, &stats.sent, specs).await;
+    let (offered, start_ns, send_end_ns) = (phase.offered, phase.start_ns, phase.end_ns);
 
     p.phase("draining");
     let recipients = (online - 1) as u64;

@@ -28,7 +28,7 @@ use crate::chat::{self, ChatStats, RpcWaiters};
 use crate::cli::HistoryArgs;
 use crate::conn::{Conn, ConnectFailure, Inbound, Target};
 use crate::protocol::{self, classify, InboundKind, SentAck, TextStamp};
-use crate::rate::Timetable;
+use crate::rate::{Pace, Timetable};
 use crate::report::Report;
 use crate::stats::{Counter, SharedLatency};
 
@@ -377,6 +377,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
     let q_start = clock.now_ns() + 20_000_000;
     let q_end = q_start + secs(args.duration).as_nanos() as u64;
     let table = (args.rate > 0.0).then(|| Timetable::new(q_start, args.rate, q_end, None));
+    let pace = Pace::of(table, q_end, None);
     let shared = Arc::new((
         conns.iter().map(|c| c.client.clone()).collect::<Vec<_>>(),
         senders.clone(),
@@ -385,18 +386,14 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
     ));
     let mut tasks = tokio::task::JoinSet::new();
     let mut issued = 0u64;
+    clock.sleep_until(q_start).await;
     for (i, (c, before)) in plan.into_iter().enumerate() {
-        let due = match &table {
-            Some(t) => match t.at(i as u64) {
-                Some(d) => d,
-                None => break,
-            },
-            None => clock.now_ns().max(q_start),
+        let Some(due) = pace.due(&clock, i as u64).await else {
+            break;
         };
-        if due >= q_end || clock.now_ns() >= q_end {
+        if clock.now_ns() >= q_end {
             break;
         }
-        clock.sleep_until(due).await;
         issued += 1;
         let shared = shared.clone();
         let (done, failed, bad, latency, errors, first_bad) = (
@@ -453,7 +450,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
                 }
             }
         };
-        if table.is_some() {
+        if matches!(pace, Pace::Table(_)) {
             tasks.spawn(fut);
         } else {
             fut.await;

@@ -21,7 +21,7 @@ use crate::chat::{self, ChatStats, Outbox};
 use crate::cli::OfflineArgs;
 use crate::conn::Inbound;
 use crate::protocol::{self, classify, InboundKind, ReceiptIn, TextStamp};
-use crate::rate::Timetable;
+use crate::rate::{Pace, Timetable};
 use crate::report::Report;
 use crate::stats::{Counter, Latency};
 
@@ -211,15 +211,12 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
         let table = tables.as_ref().and_then(|t| t.get(j).cloned());
         let recipients = recipients.clone();
         let size = args.size;
+        let pace = Pace::of(table, u64::MAX, Some(plan.len() as u64));
         tasks.push(tokio::spawn(async move {
             clock.sleep_until(start_ns).await;
             for (n, (r, k)) in plan.into_iter().enumerate() {
-                let due = match table.as_ref().and_then(|t| t.at(n as u64)) {
-                    Some(d) => {
-                        clock.sleep_until(d).await;
-                        d
-                    }
-                    None => clock.now_ns(),
+                let Some(due) = pace.due(&clock, n as u64).await else {
+                    break;
                 };
                 let cid = format!("{r}-{k}");
                 let text = TextStamp {

@@ -15,7 +15,7 @@ use super::{open_many, per_s, secs, wait_for, Env};
 use crate::cli::{RawArgs, RawMode};
 use crate::conn::{Conn, ConnEnd, Inbound};
 use crate::protocol::{RawHeader, RAW_HEADER};
-use crate::rate::Timetable;
+use crate::rate::{Pace, Timetable};
 use crate::report::Report;
 use crate::stats::{Counter, Latency, LossTally, Seen, SeqTracker};
 
@@ -221,26 +221,11 @@ pub async fn run(args: RawArgs) -> anyhow::Result<i32> {
         let table = tables.as_ref().and_then(|t| t.get(i).cloned());
         let sent = sent.clone();
         let count = args.count;
+        let pace = Pace::of(table, end_ns, count);
         tasks.push(tokio::spawn(async move {
             clock.sleep_until(start_ns).await;
             let mut seq = 0u64;
-            loop {
-                let due = match &table {
-                    Some(t) => match t.at(seq) {
-                        Some(d) => {
-                            clock.sleep_until(d).await;
-                            d
-                        }
-                        None => break,
-                    },
-                    None => {
-                        let now = clock.now_ns();
-                        if now >= end_ns || count.is_some_and(|c| seq >= c) {
-                            break;
-                        }
-                        now
-                    }
-                };
+            while let Some(due) = pace.due(&clock, seq).await {
                 let payload = RawHeader {
                     run,
                     publisher: i as u32,
@@ -257,12 +242,6 @@ pub async fn run(args: RawArgs) -> anyhow::Result<i32> {
                 }
                 sent.inc();
                 seq += 1;
-                // rumqttc's request channel does not take part in tokio's cooperative
-                // budget: at max rate a publisher would otherwise never yield and starve
-                // the subscribers sharing its worker thread.
-                if table.is_none() && seq % 32 == 0 {
-                    tokio::task::yield_now().await;
-                }
             }
             seq
         }));
