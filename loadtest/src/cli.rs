@@ -128,18 +128,13 @@ pub struct RawArgs {
     /// QoS of publishes and subscriptions (0 or 1).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
-    /// Payload bytes (at least the 28-byte header).
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
     /// Total publish rate, messages/s; 0 = as fast as the broker takes them.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// Seconds of publishing.
-    #[arg(long, short = 'd', default_value_t = 10.0)]
-    pub duration: f64,
-    /// At most this many messages per publisher.
-    #[arg(long)]
-    pub count: Option<u64>,
+    // `--size` is the payload here (at least the 28-byte header).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub sending: Sending,
     /// Seconds to wait for outstanding deliveries after the last publish.
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
@@ -160,16 +155,16 @@ pub struct RawArgs {
     pub secret: Option<String>,
 }
 
-/// How long and how much each sender of a chat scenario sends (`dm`, `group`).
+/// How long and how much each sender sends (`raw`, `dm`, `group`).
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct Sending {
     /// Seconds of sending.
     #[arg(long, short = 'd', default_value_t = 10.0)]
     pub duration: f64,
-    /// At most this many messages per sender.
+    /// At most this many messages per sender (publisher).
     #[arg(long)]
     pub count: Option<u64>,
-    /// Text bytes per message.
+    /// Bytes per message: chat text, or the raw payload (at least its 28-byte header).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
 }

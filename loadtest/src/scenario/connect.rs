@@ -18,6 +18,9 @@ use crate::conn::{Conn, ConnectFailure};
 use crate::report::Report;
 use crate::stats::{Counter, Latency};
 
+// A scenario reads top to bottom: setup, send, drain, report. It is longer than 80 lines
+// because its phases share the run's connections, counters and clock; what scenarios have in
+// common lives in `chat` (users, the send phase), `rate::Pace`, `report` and `table`.
 pub async fn run(args: ConnectArgs) -> anyhow::Result<i32> {
     if args.connections == 0 {
         bail!("--connections must be positive");

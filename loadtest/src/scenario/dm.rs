@@ -10,13 +10,11 @@ use anyhow::bail;
 use rumqttc::AsyncClient;
 use serde_json::json;
 
-use super::{close_all, open_many, per_s, random_pairs, secs, wait_for, Env};
+use super::{chat_run, random_pairs, Env};
 use crate::chat::{self, ChatStats, Outbox};
 use crate::cli::DmArgs;
-use crate::conn::Inbound;
-use crate::protocol::{classify, InboundKind};
+use crate::protocol::InboundKind;
 use crate::report::Report;
-use crate::stats::Latency;
 
 /// What a user received, and the receipts it owes.
 #[derive(Default)]
@@ -35,80 +33,34 @@ pub async fn run(args: DmArgs) -> anyhow::Result<i32> {
         bail!("--rate and --duration must be positive");
     }
     let env = Env::new(&args.common)?;
-    let clock = env.clock;
-    let run = env.run;
+    let (clock, run) = (env.clock, env.run);
     let prefix = chat::user_prefix(&args.auth, run)?;
     let users: Vec<String> = (0..args.users).map(|i| format!("{prefix}u{i}")).collect();
     let peer = random_pairs(args.users, env.common.seed);
-    let p = &env.progress;
-    p.phase("minting tokens");
-    let tokens = chat::tokens_for(
-        chat::token_source(&args.auth)?,
-        &users,
-        env.common.connect_concurrency,
-    )
-    .await?;
-
     let stats = ChatStats::default();
     let outboxes: Vec<Arc<Mutex<Outbox>>> = (0..args.users).map(|_| Arc::default()).collect();
     let inboxes: Vec<Arc<Mutex<Inbox>>> = (0..args.users).map(|_| Arc::default()).collect();
-    let connected = crate::stats::Counter::default();
-    p.gauge("connected", &connected);
-    let _progress = p.start();
-    p.phase("connecting");
+    let _progress = env.progress.start();
     let receipt_every = args.receipt_every;
-    let results = open_many(
-        args.users,
-        env.common.connect_concurrency,
-        0.0,
-        clock,
-        |i| {
-            let me = users[i].clone();
-            let token = tokens[i].clone();
-            let (outbox, inbox, stats) = (outboxes[i].clone(), inboxes[i].clone(), stats.clone());
-            let target = env.target.clone();
-            let connected = connected.clone();
-            async move {
-                let me2 = me.clone();
-                let handler = move |ev: Inbound<'_>| {
-                    let Inbound::Publish { topic, payload } = ev else {
-                        return;
-                    };
-                    let now = clock.now_ns();
-                    match classify(topic) {
-                        InboundKind::Ack => outbox
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .on_ack(payload, now, &stats),
-                        InboundKind::Msg => {
-                            on_message(&me2, payload, now, run, receipt_every, &inbox, &stats)
-                        }
-                        InboundKind::Receipt => stats.receipts_in.inc(),
-                        _ => {}
-                    }
-                };
-                let c = chat::open_user(&target, i, &me, &token, &[], handler).await;
-                if c.is_ok() {
-                    connected.inc();
+    let (conns, setup) = chat_run::connect_users(&env, &args.auth, &users, |i| {
+        let (me, inbox, stats2) = (users[i].clone(), inboxes[i].clone(), stats.clone());
+        chat_run::handler(
+            clock,
+            outboxes[i].clone(),
+            stats.clone(),
+            move |kind, payload, now| {
+                if matches!(kind, InboundKind::Msg) {
+                    on_message(&me, payload, now, run, receipt_every, &inbox, &stats2);
                 }
-                c
-            }
-        },
-    )
-    .await;
-    let conns = chat::all_connected(results, &users)?;
-    let mut setup = Latency::new();
+            },
+        )
+    })
+    .await?;
     for (c, inbox) in conns.iter().zip(&inboxes) {
-        setup.record_ns(c.setup.as_nanos() as u64);
         inbox.lock().unwrap_or_else(PoisonError::into_inner).client = Some(c.client.clone());
     }
 
-    p.rate("sent", &stats.sent);
-    p.rate("acked", &stats.acked);
-    p.rate("delivered", &stats.delivered);
-    p.latency("ack", &stats.ack_latency);
-    p.latency("e2e", &stats.e2e_latency);
-    p.phase("sending");
+    chat_run::show_sending(&env, &stats);
     let senders = (0..args.users)
         .map(|i| chat::SenderSpec {
             client: conns[i].client.clone(),
@@ -119,43 +71,12 @@ pub async fn run(args: DmArgs) -> anyhow::Result<i32> {
         })
         .collect();
     let phase = chat::send_phase(clock, args.rate, &args.sending, run, &stats.sent, senders).await;
-    let (offered, start_ns, send_end_ns) = (phase.offered, phase.start_ns, phase.end_ns);
-
-    p.phase("draining");
-    let drained = wait_for(secs(args.drain), || {
-        let answered = stats.acked.get() + stats.ack_errors.get();
-        answered >= stats.sent.get() && stats.delivered.get() >= stats.acked.get()
-    })
-    .await;
-    let drain_end_ns = clock.now_ns();
-    let alive = conns.iter().filter(|c| c.is_alive()).count();
-    let dropped = conns.len() - alive;
-    close_all(conns).await;
+    // Each DM has exactly one recipient.
+    let drained = chat_run::drain_and_close(&env, &stats, conns, args.drain, |acked| acked).await;
     drop(_progress);
 
-    // Acked but never delivered: each DM has exactly one recipient.
-    let mut delivered_ids: HashSet<u64> = HashSet::new();
-    for inbox in &inboxes {
-        delivered_ids.extend(
-            inbox
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .seen
-                .iter(),
-        );
-    }
-    let (mut lost, mut unacked, mut acked) = (0u64, 0u64, 0u64);
-    for o in &outboxes {
-        let o = o.lock().unwrap_or_else(PoisonError::into_inner);
-        unacked += o.unacked();
-        acked += o.acked.len() as u64;
-        lost += o
-            .acked
-            .iter()
-            .filter(|a| !delivered_ids.contains(&a.key))
-            .count() as u64;
-    }
-
+    let (acked, unacked) = chat_run::outbox_tally(&outboxes);
+    let lost = lost(&acked, &inboxes);
     let mut r = Report::new(
         "dm",
         format!(
@@ -168,47 +89,44 @@ pub async fn run(args: DmArgs) -> anyhow::Result<i32> {
         ),
         json!(args),
     );
-    let send_span = send_end_ns.saturating_sub(start_ns);
     r.count("users", args.users as u64);
-    r.rate("offered rate", args.rate, "msg/s");
-    r.count("offered messages", offered);
-    r.count("sent", stats.sent.get());
-    r.rate(
-        "achieved send rate",
-        per_s(stats.sent.get(), send_span),
-        "msg/s",
+    chat_run::send_figures(
+        &mut r,
+        args.rate,
+        &phase,
+        &stats,
+        acked.len() as u64,
+        unacked,
     );
-    r.count("acked", acked);
-    r.rate("acked rate", per_s(acked, send_span), "msg/s");
-    r.count("ack errors", stats.ack_errors.get());
-    r.count("unacked", unacked);
     r.count("delivered", stats.delivered.get());
     r.count("lost (acked, not delivered)", lost);
-    r.count("duplicates", stats.duplicates.get());
-    r.count("echoes to sender", stats.echoes.get());
     r.count("stray acks", stats.stray_acks.get());
-    r.count("undecodable payloads", stats.undecodable.get());
     r.count("receipts received", stats.receipts_in.get());
-    r.count("dropped connections", dropped as u64);
-    r.value(
-        "drain time",
-        drain_end_ns.saturating_sub(send_end_ns) as f64 / 1e9,
-        "s",
-    );
-    r.tally("ack errors by code", stats.errors());
-    r.latency("connect+subscribe", setup.summary());
-    r.latency("send → sent ack", stats.ack_latency.total().summary());
+    chat_run::end_figures(&mut r, &stats, &setup, &phase, &drained, unacked);
     r.latency("send → delivered", stats.e2e_latency.total().summary());
     r.loss = lost;
-    r.duplicates = stats.duplicates.get();
-    r.unacked = unacked + stats.ack_errors.get();
-    if !drained {
+    if !drained.drained {
         r.notes.push(format!(
             "drain timed out after {} s: {} unacked, {} acked not delivered",
             args.drain, unacked, lost
         ));
     }
     env.finish(r)
+}
+
+/// Acked messages no recipient got.
+fn lost(acked: &[u64], inboxes: &[Arc<Mutex<Inbox>>]) -> u64 {
+    let mut delivered: HashSet<u64> = HashSet::new();
+    for inbox in inboxes {
+        delivered.extend(
+            inbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .seen
+                .iter(),
+        );
+    }
+    acked.iter().filter(|k| !delivered.contains(k)).count() as u64
 }
 
 fn on_message(

@@ -123,6 +123,9 @@ where
     Conn::open(target, opts, subs, handler).await
 }
 
+// A scenario reads top to bottom: setup, send, drain, report. It is longer than 80 lines
+// because its phases share the run's connections, counters and clock; what scenarios have in
+// common lives in `chat` (users, the send phase), `rate::Pace`, `report` and `table`.
 pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
     if args.convs == 0 || args.senders == 0 || args.senders > args.convs {
         bail!("--convs and --senders must be positive, with --senders ≤ --convs");

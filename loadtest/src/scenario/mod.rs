@@ -1,5 +1,6 @@
 //! The scenarios, and what they share: run setup, opening many connections, finishing.
 
+pub mod chat_run;
 pub mod connect;
 pub mod dm;
 pub mod group;

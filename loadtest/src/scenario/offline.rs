@@ -16,7 +16,7 @@ use anyhow::bail;
 use rumqttc::AsyncClient;
 use serde_json::json;
 
-use super::{close_all, open_many, per_s, secs, wait_for, Env};
+use super::{chat_run, close_all, open_many, per_s, secs, wait_for, Env};
 use crate::chat::{self, ChatStats, Outbox};
 use crate::cli::OfflineArgs;
 use crate::conn::Inbound;
@@ -84,224 +84,577 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
         bail!("--users, --senders and --pending must be positive");
     }
     let env = Env::new(&args.common)?;
-    let clock = env.clock;
-    let run = env.run;
-    let prefix = chat::user_prefix(&args.auth, run)?;
+    let prefix = chat::user_prefix(&args.auth, env.run)?;
     let senders: Vec<String> = (0..args.senders).map(|j| format!("{prefix}s{j}")).collect();
     let recipients: Vec<String> = (0..args.users).map(|i| format!("{prefix}r{i}")).collect();
-    let p = &env.progress;
-    p.phase("minting tokens");
+    env.progress.phase("minting tokens");
     let src = chat::token_source(&args.auth)?;
     let all: Vec<String> = senders.iter().chain(&recipients).cloned().collect();
-    let mut tokens = chat::tokens_for(src, &all, env.common.connect_concurrency).await?;
-    let recipient_tokens = tokens.split_off(senders.len());
-
-    // Phase 0 (--persistent): every recipient leaves a session with its inbox subscription.
+    let mut sender_tokens = chat::tokens_for(src, &all, env.common.connect_concurrency).await?;
+    let recipient_tokens = sender_tokens.split_off(senders.len());
+    let o = Offline {
+        env: &env,
+        args: &args,
+        outboxes: senders.iter().map(|_| Arc::default()).collect(),
+        marks: senders.iter().map(|_| Arc::default()).collect(),
+        senders,
+        recipients,
+        sender_tokens,
+        recipient_tokens,
+        stats: ChatStats::default(),
+        covered: Counter::default(),
+        connected: Counter::default(),
+    };
     if args.persistent {
-        p.phase("leaving persistent sessions");
+        o.leave_sessions().await?;
+    }
+    env.progress.gauge("connected", &o.connected);
+    let _progress = env.progress.start();
+    let sender_conns = o.connect_senders().await?;
+    let pile = o.pile_up(&sender_conns).await;
+    let expect = o.expectations();
+    let storm = o.storm(&sender_conns, &expect).await?;
+    let dropped = sender_conns
+        .iter()
+        .chain(&storm.conns)
+        .filter(|c| !c.is_alive())
+        .count();
+    let resumed = storm.conns.iter().filter(|c| c.session_present).count() as u64;
+    close_all(storm.conns).await;
+    close_all(sender_conns).await;
+    drop(_progress);
+    let tally = o.tally(&storm.backlogs);
+    let mut r = o.report(&pile, &expect, &storm.times, &tally, resumed, dropped);
+    o.notes(&mut r, &pile, &storm.times, &tally, resumed);
+    env.finish(r)
+}
+
+/// One offline run: its users, their tokens and what the senders see.
+struct Offline<'a> {
+    env: &'a Env,
+    args: &'a OfflineArgs,
+    senders: Vec<String>,
+    recipients: Vec<String>,
+    sender_tokens: Vec<String>,
+    recipient_tokens: Vec<String>,
+    stats: ChatStats,
+    outboxes: Vec<Arc<Mutex<Outbox>>>,
+    marks: Vec<Arc<Mutex<Marks>>>,
+    /// Conversations a forwarded receipt has confirmed up to their last acked message.
+    covered: Counter,
+    connected: Counter,
+}
+
+/// How the pile-up went.
+struct Pile {
+    start_ns: u64,
+    end_ns: u64,
+    /// Every send was answered within `--send-timeout`.
+    all_answered: bool,
+}
+
+/// What the storm should bring: messages per recipient, acked in all, conversations.
+struct Expect {
+    per_user: Vec<u64>,
+    acked: u64,
+    convs: u64,
+}
+
+/// The storm's times.
+struct StormTimes {
+    start_ns: u64,
+    connected_ns: u64,
+    end_ns: u64,
+    /// Every backlog done (and, unless `--no-receipt-check`, every conversation confirmed).
+    drained: bool,
+    setup: Latency,
+}
+
+struct Storm {
+    conns: Vec<crate::conn::Conn>,
+    backlogs: Vec<Arc<Mutex<Backlog>>>,
+    times: StormTimes,
+}
+
+/// The run's outcome, from the backlogs and the senders' outboxes.
+#[derive(Default)]
+struct Tally {
+    lost: u64,
+    unconfirmed: u64,
+    unacked: u64,
+    reordered: u64,
+    drained_users: u64,
+    /// When the last backlog was done.
+    last_done: u64,
+    per_user: Latency,
+    probe_rtt: Latency,
+}
+
+impl Offline<'_> {
+    /// Phase 0 (`--persistent`): every recipient leaves a session with its inbox subscription.
+    async fn leave_sessions(&self) -> anyhow::Result<()> {
+        let env = self.env;
+        env.progress.phase("leaving persistent sessions");
         let target = env.target.persistent();
         let results = open_many(
-            args.users,
+            self.args.users,
             env.common.connect_concurrency,
             0.0,
-            clock,
+            env.clock,
             |i| {
-                let (me, token, target) = (
-                    recipients[i].clone(),
-                    recipient_tokens[i].clone(),
-                    target.clone(),
-                );
-                let n = args.senders + i;
+                let (me, token) = (self.recipients[i].clone(), self.recipient_tokens[i].clone());
+                let (target, n) = (target.clone(), self.args.senders + i);
                 async move { chat::open_user(&target, n, &me, &token, &[], |_| {}).await }
             },
         )
         .await;
-        let conns = chat::all_connected(results, &recipients)?;
-        close_all(conns).await;
+        close_all(chat::all_connected(results, &self.recipients)?).await;
+        Ok(())
     }
 
-    // Phase 1: senders connect and pile messages up.
-    let stats = ChatStats::default();
-    let outboxes: Vec<Arc<Mutex<Outbox>>> = senders.iter().map(|_| Arc::default()).collect();
-    let marks: Vec<Arc<Mutex<Marks>>> = senders.iter().map(|_| Arc::default()).collect();
-    let covered = Counter::default();
-    let connected = Counter::default();
-    p.gauge("connected", &connected);
-    let _progress = p.start();
-    p.phase("connecting senders");
-    let results = open_many(
-        senders.len(),
-        env.common.connect_concurrency,
-        0.0,
-        clock,
-        |j| {
-            let me = senders[j].clone();
-            let token = tokens[j].clone();
-            let (outbox, marks, stats, covered) = (
-                outboxes[j].clone(),
-                marks[j].clone(),
-                stats.clone(),
-                covered.clone(),
-            );
-            let target = env.target.clone();
-            let connected = connected.clone();
-            async move {
-                let handler = move |ev: Inbound<'_>| {
-                    let Inbound::Publish { topic, payload } = ev else {
-                        return;
-                    };
-                    match classify(topic) {
-                        InboundKind::Ack => outbox
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .on_ack(payload, clock.now_ns(), &stats),
-                        InboundKind::Receipt => {
-                            stats.receipts_in.inc();
-                            match protocol::decode::<ReceiptIn>(payload) {
-                                Some(r) => {
-                                    let mut m =
-                                        marks.lock().unwrap_or_else(PoisonError::into_inner);
-                                    if m.on_receipt(&r) {
-                                        covered.inc();
-                                    }
-                                }
-                                None => stats.undecodable.inc(),
+    /// Connects the senders: sent acks to their outboxes, forwarded receipts to their marks.
+    async fn connect_senders(&self) -> anyhow::Result<Vec<crate::conn::Conn>> {
+        let (env, clock) = (self.env, self.env.clock);
+        env.progress.phase("connecting senders");
+        let results = open_many(
+            self.senders.len(),
+            env.common.connect_concurrency,
+            0.0,
+            clock,
+            |j| {
+                let (me, token) = (self.senders[j].clone(), self.sender_tokens[j].clone());
+                let (marks, stats, covered) = (
+                    self.marks[j].clone(),
+                    self.stats.clone(),
+                    self.covered.clone(),
+                );
+                let on = move |kind, payload: &[u8], _| match kind {
+                    InboundKind::Msg => stats.echoes.inc(),
+                    InboundKind::Receipt => match protocol::decode::<ReceiptIn>(payload) {
+                        Some(r) => {
+                            if marks
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .on_receipt(&r)
+                            {
+                                covered.inc();
                             }
                         }
-                        InboundKind::Msg => stats.echoes.inc(),
-                        _ => {}
-                    }
+                        None => stats.undecodable.inc(),
+                    },
+                    _ => {}
                 };
-                let c = chat::open_user(&target, j, &me, &token, &[], handler).await;
-                if c.is_ok() {
-                    connected.inc();
+                let outbox = self.outboxes[j].clone();
+                let handler = chat_run::handler(clock, outbox, self.stats.clone(), on);
+                let (target, connected) = (env.target.clone(), self.connected.clone());
+                async move {
+                    let c = chat::open_user(&target, j, &me, &token, &[], handler).await;
+                    if c.is_ok() {
+                        connected.inc();
+                    }
+                    c
                 }
-                c
-            }
-        },
-    )
-    .await;
-    let sender_conns = chat::all_connected(results, &senders)?;
+            },
+        )
+        .await;
+        chat::all_connected(results, &self.senders)
+    }
 
-    p.rate("sent", &stats.sent);
-    p.rate("acked", &stats.acked);
-    p.phase("piling up");
-    let total = args.users as u64 * args.pending;
-    let s = args.senders;
-    let start_ns = clock.now_ns() + 50_000_000;
-    // Sender j sends message k to recipient r when (r + k) mod S = j, k-major, so every
-    // recipient's backlog grows evenly and comes from several people.
-    let plans: Vec<Vec<(u32, u64)>> = (0..s)
+    /// Phase 1: the senders pile messages up for the offline recipients and wait for acks.
+    async fn pile_up(&self, conns: &[crate::conn::Conn]) -> Pile {
+        let (args, stats, clock, run) = (self.args, &self.stats, self.env.clock, self.env.run);
+        let p = &self.env.progress;
+        p.rate("sent", &stats.sent);
+        p.rate("acked", &stats.acked);
+        p.phase("piling up");
+        let s = args.senders;
+        let start_ns = clock.now_ns() + 50_000_000;
+        let tables = (args.send_rate > 0.0)
+            .then(|| Timetable::split(start_ns, args.send_rate, s, u64::MAX, None));
+        let mut tasks = Vec::new();
+        for (j, plan) in pile_plans(args.users, args.pending, s)
+            .into_iter()
+            .enumerate()
+        {
+            let table = tables.as_ref().and_then(|t| t.get(j).cloned());
+            let pace = Pace::of(table, u64::MAX, Some(plan.len() as u64));
+            let (client, me) = (conns[j].client.clone(), self.senders[j].clone());
+            let (outbox, sent) = (self.outboxes[j].clone(), stats.sent.clone());
+            let (recipients, size) = (self.recipients.clone(), args.size);
+            tasks.push(tokio::spawn(async move {
+                clock.sleep_until(start_ns).await;
+                for (n, (r, k)) in plan.into_iter().enumerate() {
+                    let Some(due) = pace.due(&clock, n as u64).await else {
+                        break;
+                    };
+                    let cid = format!("{r}-{k}");
+                    let stamp = TextStamp {
+                        run,
+                        sender: j as u32,
+                        n: k,
+                        due_ns: due,
+                    };
+                    outbox
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .expect(cid.clone(), due, r);
+                    let to = format!("u:{}", recipients[r as usize]);
+                    let text = stamp.encode(size);
+                    if chat::send_text(&client, &me, to, cid, text).await.is_err() {
+                        break;
+                    }
+                    sent.inc();
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let all_answered = wait_for(secs(args.send_timeout), || {
+            stats.acked.get() + stats.ack_errors.get() >= stats.sent.get()
+        })
+        .await;
+        Pile {
+            start_ns,
+            end_ns: clock.now_ns(),
+            all_answered,
+        }
+    }
+
+    /// What each recipient should get, and the marker each sender waits for.
+    fn expectations(&self) -> Expect {
+        let mut e = Expect {
+            per_user: vec![0u64; self.args.users],
+            acked: 0,
+            convs: 0,
+        };
+        for (o, m) in self.outboxes.iter().zip(&self.marks) {
+            let o = o.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut m = m.lock().unwrap_or_else(PoisonError::into_inner);
+            for a in &o.acked {
+                e.per_user[a.tag as usize] += 1;
+                e.acked += 1;
+                let need = m.need.entry(a.conv.clone()).or_default();
+                *need = (*need).max(a.seq);
+            }
+            let already = m
+                .need
+                .iter()
+                .filter(|(c, n)| m.delivered.get(*c).is_some_and(|d| d >= *n))
+                .count();
+            self.covered.add(already as u64);
+            e.convs += m.need.len() as u64;
+        }
+        e
+    }
+
+    /// Phase 2: every recipient connects (or resumes its session) at `--storm-rate` and
+    /// gets its backlog; the probe runs until every backlog is done and receipted.
+    async fn storm(&self, senders: &[crate::conn::Conn], expect: &Expect) -> anyhow::Result<Storm> {
+        let (env, args, clock) = (self.env, self.args, self.env.clock);
+        let backlogs: Vec<Arc<Mutex<Backlog>>> = expect
+            .per_user
+            .iter()
+            .map(|&e| {
+                Arc::new(Mutex::new(Backlog {
+                    expected: e,
+                    ..Default::default()
+                }))
+            })
+            .collect();
+        let done = Counter::default();
+        // Recipients none of whose messages were acked have nothing to wait for.
+        let nothing_expected = expect.per_user.iter().filter(|&&e| e == 0).count() as u64;
+        let p = &env.progress;
+        p.rate("delivered", &self.stats.delivered);
+        p.gauge("drained users", &done);
+        p.gauge("receipted convs", &self.covered);
+        p.phase("reconnect storm");
+        let start_ns = clock.now_ns();
+        let probe = Probe::start(self, senders);
+        let results = open_many(
+            args.users,
+            env.common.connect_concurrency,
+            args.storm_rate,
+            clock,
+            |i| self.reconnect(i, backlogs[i].clone(), done.clone()),
+        )
+        .await;
+        let connected_ns = clock.now_ns();
+        let conns = chat::all_connected(results, &self.recipients)?;
+        let mut setup = Latency::new();
+        for c in &conns {
+            setup.record_ns(c.setup.as_nanos() as u64);
+        }
+        let check_receipts = !args.no_receipt_check;
+        let drained = wait_for(secs(args.drain), || {
+            done.get() + nothing_expected >= args.users as u64
+                && (!check_receipts || self.covered.get() >= expect.convs)
+        })
+        .await;
+        let end_ns = clock.now_ns();
+        if let Some(probe) = probe {
+            probe.stop(&self.outboxes[0]).await;
+        }
+        Ok(Storm {
+            conns,
+            backlogs,
+            times: StormTimes {
+                start_ns,
+                connected_ns,
+                end_ns,
+                drained,
+                setup,
+            },
+        })
+    }
+
+    /// Recipient `i` connects (or resumes) and receipts its backlog as it arrives.
+    fn reconnect(
+        &self,
+        i: usize,
+        backlog: Arc<Mutex<Backlog>>,
+        done: Counter,
+    ) -> impl std::future::Future<Output = Result<crate::conn::Conn, crate::conn::ConnectFailure>>
+           + Send
+           + 'static {
+        let (me, token) = (self.recipients[i].clone(), self.recipient_tokens[i].clone());
+        let (target, connected, stats) = (
+            self.env.target.clone(),
+            self.connected.clone(),
+            self.stats.clone(),
+        );
+        let (clock, every) = (self.env.clock, self.args.receipt_every.max(1));
+        let (n, persistent) = (self.args.senders + i, self.args.persistent);
+        async move {
+            let (me2, b2) = (me.clone(), backlog.clone());
+            b2.lock().unwrap_or_else(PoisonError::into_inner).connect_ns = clock.now_ns();
+            let handler = move |ev: Inbound<'_>| {
+                let Inbound::Publish { topic, payload } = ev else {
+                    return;
+                };
+                if classify(topic) == InboundKind::Msg {
+                    on_message(
+                        &me2,
+                        payload,
+                        clock.now_ns(),
+                        every,
+                        &backlog,
+                        &stats,
+                        &done,
+                    );
+                }
+            };
+            let c = if persistent {
+                chat::resume_user(&target, n, &me, &token, handler).await
+            } else {
+                chat::open_user(&target, n, &me, &token, &[], handler).await
+            };
+            if let Ok(c) = &c {
+                connected.inc();
+                let mut b = b2.lock().unwrap_or_else(PoisonError::into_inner);
+                b.client = Some(c.client.clone());
+                b.flush(&me);
+            }
+            c
+        }
+    }
+
+    fn tally(&self, backlogs: &[Arc<Mutex<Backlog>>]) -> Tally {
+        let mut t = Tally::default();
+        let mut delivered_ids = HashSet::new();
+        for b in backlogs {
+            let b = b.lock().unwrap_or_else(PoisonError::into_inner);
+            delivered_ids.extend(b.seen.iter().copied());
+            t.reordered += b.reordered;
+            if let Some(d) = b.done_ns {
+                t.drained_users += 1;
+                t.last_done = t.last_done.max(d);
+                t.per_user.record_ns(d.saturating_sub(b.connect_ns));
+            }
+        }
+        for (o, m) in self.outboxes.iter().zip(&self.marks) {
+            let o = o.lock().unwrap_or_else(PoisonError::into_inner);
+            let m = m.lock().unwrap_or_else(PoisonError::into_inner);
+            t.unacked += o.unacked();
+            for a in &o.acked {
+                if a.tag == PROBE_TAG {
+                    t.probe_rtt.record_ns(a.acked_ns.saturating_sub(a.due_ns));
+                    continue;
+                }
+                if !delivered_ids.contains(&a.key) {
+                    t.lost += 1;
+                }
+                if m.delivered.get(&a.conv).is_none_or(|&d| d < a.seq) {
+                    t.unconfirmed += 1;
+                }
+            }
+        }
+        t
+    }
+
+    fn report(
+        &self,
+        pile: &Pile,
+        expect: &Expect,
+        storm: &StormTimes,
+        t: &Tally,
+        resumed: u64,
+        dropped: usize,
+    ) -> Report {
+        let (args, stats) = (self.args, &self.stats);
+        let mut r = Report::new("offline", title(args), json!(args));
+        let pile_span = pile.end_ns.saturating_sub(pile.start_ns);
+        let storm_connect = storm.connected_ns.saturating_sub(storm.start_ns);
+        let storm_drain = t.last_done.saturating_sub(storm.start_ns);
+        r.count("offline users", args.users as u64);
+        r.count("pending per user", args.pending);
+        r.count("messages to send", args.users as u64 * args.pending);
+        r.count("sent", stats.sent.get());
+        r.count("acked", expect.acked);
+        r.count("ack errors", stats.ack_errors.get());
+        r.count("unacked", t.unacked);
+        r.value("pile-up time", pile_span as f64 / 1e9, "s");
+        r.rate(
+            "pile-up acked rate",
+            per_s(expect.acked, pile_span),
+            "msg/s",
+        );
+        r.value("storm connect time", storm_connect as f64 / 1e9, "s");
+        let conn_rate = per_s(args.users as u64, storm_connect);
+        r.rate("storm connections/s", conn_rate, "conn/s");
+        if args.persistent {
+            r.count("sessions resumed (CONNACK session present)", resumed);
+        }
+        r.count("users fully drained", t.drained_users);
+        r.value(
+            "time to drain (storm → last backlog)",
+            storm_drain as f64 / 1e9,
+            "s",
+        );
+        r.count("delivered", stats.delivered.get());
+        let delivery_rate = per_s(stats.delivered.get(), storm_drain);
+        r.rate("storm delivery rate", delivery_rate, "msg/s");
+        r.count("lost (acked, not delivered)", t.lost);
+        r.count("duplicates", stats.duplicates.get());
+        r.count("out of order", t.reordered);
+        r.count("conversations", expect.convs);
+        r.count("conversations confirmed by receipt", self.covered.get());
+        r.count("messages without delivered receipt", t.unconfirmed);
+        let receipts_done = storm.end_ns.saturating_sub(storm.start_ns) as f64 / 1e9;
+        r.value("time to receipts complete", receipts_done, "s");
+        r.count("receipts received by senders", stats.receipts_in.get());
+        r.count("dropped connections", dropped as u64);
+        r.tally("ack errors by code", stats.errors());
+        r.latency("send → sent ack", stats.ack_latency.total().summary());
+        let connect = if args.persistent {
+            "storm connect (session resumed)"
+        } else {
+            "storm connect+subscribe"
+        };
+        r.latency(connect, storm.setup.summary());
+        r.latency("reconnect → backlog done", t.per_user.summary());
+        if args.senders >= 2 {
+            let probe = t.probe_rtt.summary();
+            r.latency("probe send → sent ack during the storm", probe);
+        }
+        let check_receipts = !args.no_receipt_check;
+        r.loss = t.lost + if check_receipts { t.unconfirmed } else { 0 };
+        r.duplicates = stats.duplicates.get();
+        r.unacked = t.unacked + stats.ack_errors.get();
+        r
+    }
+
+    fn notes(&self, r: &mut Report, pile: &Pile, storm: &StormTimes, t: &Tally, resumed: u64) {
+        let args = self.args;
+        if args.senders < 2 {
+            r.notes
+                .push("no probe: it needs --senders 2 or more".into());
+        }
+        if args.persistent && resumed < args.users as u64 {
+            r.notes.push(format!(
+                "{} of {} recipients found no session to resume",
+                args.users as u64 - resumed,
+                args.users
+            ));
+        }
+        if !args.no_receipt_check {
+            r.notes.push(
+                "loss counts messages never delivered plus messages no forwarded delivered receipt confirmed (--no-receipt-check to leave receipts out)".into(),
+            );
+        }
+        if !pile.all_answered {
+            r.notes.push(format!(
+                "pile-up: {} sends had no ack after {} s",
+                t.unacked, args.send_timeout
+            ));
+        }
+        if !storm.drained {
+            r.notes
+                .push(format!("storm: drain timed out after {} s", args.drain));
+        }
+    }
+}
+
+fn title(args: &OfflineArgs) -> String {
+    format!(
+        "offline, {} users × {} pending from {} senders, {}storm at {}",
+        args.users,
+        args.pending,
+        args.senders,
+        if args.persistent {
+            "persistent sessions, "
+        } else {
+            ""
+        },
+        if args.storm_rate > 0.0 {
+            format!("{} conn/s", args.storm_rate)
+        } else {
+            "max rate".into()
+        }
+    )
+}
+
+/// Sender j sends message k to recipient r when (r + k) mod S = j, k-major, so every
+/// recipient's backlog grows evenly and comes from several people.
+fn pile_plans(users: usize, pending: u64, s: usize) -> Vec<Vec<(u32, u64)>> {
+    (0..s)
         .map(|j| {
-            (0..args.pending)
-                .flat_map(|k| (0..args.users).map(move |r| (r, k)))
+            (0..pending)
+                .flat_map(|k| (0..users).map(move |r| (r, k)))
                 .filter(|&(r, k)| (r + k as usize) % s == j)
                 .map(|(r, k)| (r as u32, k))
                 .collect()
         })
-        .collect();
-    let tables: Option<Vec<Timetable>> = (args.send_rate > 0.0)
-        .then(|| Timetable::split(start_ns, args.send_rate, s, u64::MAX, None));
-    let mut tasks = Vec::new();
-    for (j, plan) in plans.into_iter().enumerate() {
-        let client = sender_conns[j].client.clone();
-        let me = senders[j].clone();
-        let outbox = outboxes[j].clone();
-        let sent = stats.sent.clone();
-        let table = tables.as_ref().and_then(|t| t.get(j).cloned());
-        let recipients = recipients.clone();
-        let size = args.size;
-        let pace = Pace::of(table, u64::MAX, Some(plan.len() as u64));
-        tasks.push(tokio::spawn(async move {
-            clock.sleep_until(start_ns).await;
-            for (n, (r, k)) in plan.into_iter().enumerate() {
-                let Some(due) = pace.due(&clock, n as u64).await else {
-                    break;
-                };
-                let cid = format!("{r}-{k}");
-                let text = TextStamp {
-                    run,
-                    sender: j as u32,
-                    n: k,
-                    due_ns: due,
-                }
-                .encode(size);
-                outbox
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .expect(cid.clone(), due, r);
-                let to = format!("u:{}", recipients[r as usize]);
-                if chat::send_text(&client, &me, to, cid, text).await.is_err() {
-                    break;
-                }
-                sent.inc();
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let all_answered = wait_for(secs(args.send_timeout), || {
-        stats.acked.get() + stats.ack_errors.get() >= stats.sent.get()
-    })
-    .await;
-    let pile_end_ns = clock.now_ns();
+        .collect()
+}
 
-    // What each recipient should get, and the marker each sender waits for.
-    let mut expected = vec![0u64; args.users];
-    let mut acked_total = 0u64;
-    let mut convs_total = 0u64;
-    for (o, m) in outboxes.iter().zip(&marks) {
-        let o = o.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut m = m.lock().unwrap_or_else(PoisonError::into_inner);
-        for a in &o.acked {
-            expected[a.tag as usize] += 1;
-            acked_total += 1;
-            let need = m.need.entry(a.conv.clone()).or_default();
-            *need = (*need).max(a.seq);
+/// Sender 0 → sender 1, one DM every 100 ms while the storm runs.
+struct Probe {
+    task: tokio::task::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Probe {
+    fn start(o: &Offline<'_>, senders: &[crate::conn::Conn]) -> Option<Probe> {
+        if o.args.senders < 2 {
+            return None;
         }
-        let already = m
-            .need
-            .iter()
-            .filter(|(c, n)| m.delivered.get(*c).is_some_and(|d| d >= *n))
-            .count();
-        covered.add(already as u64);
-        convs_total += m.need.len() as u64;
-    }
-
-    // Phase 2: the storm.
-    let backlogs: Vec<Arc<Mutex<Backlog>>> = expected
-        .iter()
-        .map(|&e| {
-            Arc::new(Mutex::new(Backlog {
-                expected: e,
-                ..Default::default()
-            }))
-        })
-        .collect();
-    let done = Counter::default();
-    // Recipients none of whose messages were acked have nothing to wait for.
-    let nothing_expected = expected.iter().filter(|&&e| e == 0).count() as u64;
-    p.rate("delivered", &stats.delivered);
-    p.gauge("drained users", &done);
-    p.gauge("receipted convs", &covered);
-    p.phase("reconnect storm");
-    let storm_ns = clock.now_ns();
-    let probe_stop = Arc::new(AtomicBool::new(false));
-    let probe = (args.senders >= 2).then(|| {
-        let client = sender_conns[0].client.clone();
-        let (me, to) = (senders[0].clone(), format!("u:{}", senders[1]));
-        let (outbox, stop) = (outboxes[0].clone(), probe_stop.clone());
-        tokio::spawn(async move {
+        let (client, clock) = (senders[0].client.clone(), o.env.clock);
+        let (me, to) = (o.senders[0].clone(), format!("u:{}", o.senders[1]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (outbox, stopped) = (o.outboxes[0].clone(), stop.clone());
+        let task = tokio::spawn(async move {
             let mut n = 0u64;
-            while !stop.load(Ordering::Acquire) {
+            while !stopped.load(Ordering::Acquire) {
                 let cid = format!("probe-{n}");
                 let due = clock.now_ns();
                 outbox
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .expect(cid.clone(), due, PROBE_TAG);
-                if chat::send_text(&client, &me, to.clone(), cid, "probe".into())
+                let text = "probe".to_string();
+                if chat::send_text(&client, &me, to.clone(), cid, text)
                     .await
                     .is_err()
                 {
@@ -310,78 +663,16 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
                 n += 1;
                 clock.sleep_until(due + PROBE_EVERY_NS).await;
             }
-        })
-    });
-    let every = args.receipt_every.max(1);
-    let n_senders = args.senders;
-    let persistent = args.persistent;
-    let results = open_many(
-        args.users,
-        env.common.connect_concurrency,
-        args.storm_rate,
-        clock,
-        |i| {
-            let me = recipients[i].clone();
-            let token = recipient_tokens[i].clone();
-            let (backlog, stats, done) = (backlogs[i].clone(), stats.clone(), done.clone());
-            let target = env.target.clone();
-            let connected = connected.clone();
-            async move {
-                let me2 = me.clone();
-                let b2 = backlog.clone();
-                b2.lock().unwrap_or_else(PoisonError::into_inner).connect_ns = clock.now_ns();
-                let handler = move |ev: Inbound<'_>| {
-                    let Inbound::Publish { topic, payload } = ev else {
-                        return;
-                    };
-                    if classify(topic) == InboundKind::Msg {
-                        on_message(
-                            &me2,
-                            payload,
-                            clock.now_ns(),
-                            every,
-                            &backlog,
-                            &stats,
-                            &done,
-                        );
-                    }
-                };
-                let c = if persistent {
-                    chat::resume_user(&target, n_senders + i, &me, &token, handler).await
-                } else {
-                    chat::open_user(&target, n_senders + i, &me, &token, &[], handler).await
-                };
-                if let Ok(c) = &c {
-                    connected.inc();
-                    let mut b = b2.lock().unwrap_or_else(PoisonError::into_inner);
-                    b.client = Some(c.client.clone());
-                    b.flush(&me);
-                }
-                c
-            }
-        },
-    )
-    .await;
-    let storm_connected_ns = clock.now_ns();
-    let recipient_conns = chat::all_connected(results, &recipients)?;
-    let mut setup = Latency::new();
-    for c in &recipient_conns {
-        setup.record_ns(c.setup.as_nanos() as u64);
+        });
+        Some(Probe { task, stop })
     }
-    let resumed = recipient_conns.iter().filter(|c| c.session_present).count() as u64;
-    let check_receipts = !args.no_receipt_check;
-    let drained = wait_for(secs(args.drain), || {
-        done.get() + nothing_expected >= args.users as u64
-            && (!check_receipts || covered.get() >= convs_total)
-    })
-    .await;
-    let drain_end_ns = clock.now_ns();
-    probe_stop.store(true, Ordering::Release);
-    if let Some(probe) = probe {
-        let _ = probe.await;
-        // The last probe's ack.
+
+    /// Stops the probe and waits (up to 2 s) for its last ack.
+    async fn stop(self, outbox: &Mutex<Outbox>) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.task.await;
         wait_for(secs(2.0), || {
-            outboxes[0]
+            outbox
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .unacked()
@@ -389,166 +680,6 @@ pub async fn run(args: OfflineArgs) -> anyhow::Result<i32> {
         })
         .await;
     }
-    let dropped = sender_conns
-        .iter()
-        .chain(&recipient_conns)
-        .filter(|c| !c.is_alive())
-        .count();
-    close_all(recipient_conns).await;
-    close_all(sender_conns).await;
-    drop(_progress);
-
-    // Tally.
-    let mut delivered_ids = HashSet::new();
-    let mut per_user = Latency::new();
-    let (mut last_done, mut drained_users, mut reordered) = (0u64, 0u64, 0u64);
-    for b in &backlogs {
-        let b = b.lock().unwrap_or_else(PoisonError::into_inner);
-        delivered_ids.extend(b.seen.iter().copied());
-        reordered += b.reordered;
-        if let Some(d) = b.done_ns {
-            drained_users += 1;
-            last_done = last_done.max(d);
-            per_user.record_ns(d.saturating_sub(b.connect_ns));
-        }
-    }
-    let (mut lost, mut unconfirmed, mut unacked) = (0u64, 0u64, 0u64);
-    let mut probe_rtt = Latency::new();
-    for (o, m) in outboxes.iter().zip(&marks) {
-        let o = o.lock().unwrap_or_else(PoisonError::into_inner);
-        let m = m.lock().unwrap_or_else(PoisonError::into_inner);
-        unacked += o.unacked();
-        for a in &o.acked {
-            if a.tag == PROBE_TAG {
-                probe_rtt.record_ns(a.acked_ns.saturating_sub(a.due_ns));
-                continue;
-            }
-            if !delivered_ids.contains(&a.key) {
-                lost += 1;
-            }
-            if m.delivered.get(&a.conv).is_none_or(|&d| d < a.seq) {
-                unconfirmed += 1;
-            }
-        }
-    }
-
-    let mut r = Report::new(
-        "offline",
-        format!(
-            "offline, {} users × {} pending from {} senders, {}storm at {}",
-            args.users,
-            args.pending,
-            args.senders,
-            if args.persistent {
-                "persistent sessions, "
-            } else {
-                ""
-            },
-            if args.storm_rate > 0.0 {
-                format!("{} conn/s", args.storm_rate)
-            } else {
-                "max rate".into()
-            }
-        ),
-        json!(args),
-    );
-    let pile_span = pile_end_ns.saturating_sub(start_ns);
-    r.count("offline users", args.users as u64);
-    r.count("pending per user", args.pending);
-    r.count("messages to send", total);
-    r.count("sent", stats.sent.get());
-    r.count("acked", acked_total);
-    r.count("ack errors", stats.ack_errors.get());
-    r.count("unacked", unacked);
-    r.value("pile-up time", pile_span as f64 / 1e9, "s");
-    r.rate("pile-up acked rate", per_s(acked_total, pile_span), "msg/s");
-    r.value(
-        "storm connect time",
-        storm_connected_ns.saturating_sub(storm_ns) as f64 / 1e9,
-        "s",
-    );
-    r.rate(
-        "storm connections/s",
-        per_s(
-            args.users as u64,
-            storm_connected_ns.saturating_sub(storm_ns),
-        ),
-        "conn/s",
-    );
-    if args.persistent {
-        r.count("sessions resumed (CONNACK session present)", resumed);
-    }
-    r.count("users fully drained", drained_users);
-    r.value(
-        "time to drain (storm → last backlog)",
-        last_done.saturating_sub(storm_ns) as f64 / 1e9,
-        "s",
-    );
-    r.count("delivered", stats.delivered.get());
-    r.rate(
-        "storm delivery rate",
-        per_s(stats.delivered.get(), last_done.saturating_sub(storm_ns)),
-        "msg/s",
-    );
-    r.count("lost (acked, not delivered)", lost);
-    r.count("duplicates", stats.duplicates.get());
-    r.count("out of order", reordered);
-    r.count("conversations", convs_total);
-    r.count("conversations confirmed by receipt", covered.get());
-    r.count("messages without delivered receipt", unconfirmed);
-    r.value(
-        "time to receipts complete",
-        drain_end_ns.saturating_sub(storm_ns) as f64 / 1e9,
-        "s",
-    );
-    r.count("receipts received by senders", stats.receipts_in.get());
-    r.count("dropped connections", dropped as u64);
-    r.tally("ack errors by code", stats.errors());
-    r.latency("send → sent ack", stats.ack_latency.total().summary());
-    r.latency(
-        if args.persistent {
-            "storm connect (session resumed)"
-        } else {
-            "storm connect+subscribe"
-        },
-        setup.summary(),
-    );
-    r.latency("reconnect → backlog done", per_user.summary());
-    if args.senders >= 2 {
-        r.latency(
-            "probe send → sent ack during the storm",
-            probe_rtt.summary(),
-        );
-    } else {
-        r.notes
-            .push("no probe: it needs --senders 2 or more".into());
-    }
-    if args.persistent && resumed < args.users as u64 {
-        r.notes.push(format!(
-            "{} of {} recipients found no session to resume",
-            args.users as u64 - resumed,
-            args.users
-        ));
-    }
-    r.loss = lost + if check_receipts { unconfirmed } else { 0 };
-    r.duplicates = stats.duplicates.get();
-    r.unacked = unacked + stats.ack_errors.get();
-    if check_receipts {
-        r.notes.push(
-            "loss counts messages never delivered plus messages no forwarded delivered receipt confirmed (--no-receipt-check to leave receipts out)".into(),
-        );
-    }
-    if !all_answered {
-        r.notes.push(format!(
-            "pile-up: {unacked} sends had no ack after {} s",
-            args.send_timeout
-        ));
-    }
-    if !drained {
-        r.notes
-            .push(format!("storm: drain timed out after {} s", args.drain));
-    }
-    env.finish(r)
 }
 
 fn on_message(

@@ -16,22 +16,25 @@ struct Series {
     points: Vec<(f64, f64)>,
 }
 
+/// (offered rate, p50, p99 of `latency`) of the runs named `prefix…`, by rate.
+fn latency_points(runs: &Runs, prefix: &str, latency: &str) -> Vec<(f64, f64, f64)> {
+    let mut pts: Vec<(f64, f64, f64)> = runs
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .filter_map(|(_, j)| {
+            Some((
+                fig(j, "offered rate")?,
+                lat(j, latency, "p50_ms")?,
+                lat(j, latency, "p99_ms")?,
+            ))
+        })
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    pts
+}
+
 pub(crate) fn plot_dm(runs: &Runs, path: &Path) -> anyhow::Result<()> {
-    let points = |prefix: &str| {
-        let mut pts: Vec<(f64, f64, f64)> = runs
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .filter_map(|(_, j)| {
-                Some((
-                    fig(j, "offered rate")?,
-                    lat(j, "send → delivered", "p50_ms")?,
-                    lat(j, "send → delivered", "p99_ms")?,
-                ))
-            })
-            .collect();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        pts
-    };
+    let points = |prefix: &str| latency_points(runs, prefix, "send → delivered");
     let sweep = points("sweep-dm-");
     let at = points("dm-at-");
     if sweep.is_empty() && at.is_empty() {
@@ -78,18 +81,7 @@ pub(crate) fn plot_raw(runs: &Runs, path: &Path) -> anyhow::Result<()> {
         ("chatmq", RGBColor(31, 119, 180)),
     ] {
         let prefix = format!("sweep-raw-{broker}-p2p-q1-");
-        let mut pts: Vec<(f64, f64, f64)> = runs
-            .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .filter_map(|(_, j)| {
-                Some((
-                    fig(j, "offered rate")?,
-                    lat(j, "end-to-end", "p50_ms")?,
-                    lat(j, "end-to-end", "p99_ms")?,
-                ))
-            })
-            .collect();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let pts = latency_points(runs, &prefix, "end-to-end");
         if pts.is_empty() {
             continue;
         }
@@ -168,6 +160,8 @@ const W: i32 = 960;
 const H: i32 = 600;
 const SCALE: i32 = 2;
 
+// Longer than 80 lines: one chart's drawing steps (frame, grid and ticks, series, legend)
+// in drawing order, all on the axes computed at the top.
 fn chart(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (W as u32, H as u32)).into_drawing_area();
     root.fill(&WHITE)?;
