@@ -123,9 +123,36 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<i32> {
         chat_run::drain_and_close(&env, &stats, conns, args.drain, |a| a * recipients).await;
     drop(_progress);
 
-    let (acked, unacked) = chat_run::outbox_tally(&outboxes);
+    let outcome = Outcome {
+        stats,
+        outboxes,
+        members,
+        setup,
+        create_latency,
+        phase,
+        drained,
+        senders: senders.len(),
+    };
+    env.finish(report(&args, online, outcome))
+}
+
+/// What a group run leaves for its report.
+struct Outcome {
+    stats: ChatStats,
+    outboxes: Vec<Arc<Mutex<Outbox>>>,
+    members: Vec<Arc<Mutex<Member>>>,
+    setup: Latency,
+    create_latency: Latency,
+    phase: chat::SendPhase,
+    drained: chat_run::Drained,
+    senders: usize,
+}
+
+fn report(args: &GroupArgs, online: usize, o: Outcome) -> Report {
+    let recipients = (online - 1) as u64;
+    let (acked, unacked) = chat_run::outbox_tally(&o.outboxes);
     let mut received = Vec::new();
-    for m in &members {
+    for m in &o.members {
         received.extend_from_slice(&m.lock().unwrap_or_else(PoisonError::into_inner).got);
     }
     let reach = reach(&acked, &received, recipients);
@@ -140,39 +167,39 @@ pub async fn run(args: GroupArgs) -> anyhow::Result<i32> {
     r.count("groups", args.groups as u64);
     r.count("members per group", args.members as u64);
     r.count("online per group", online as u64);
-    r.count("senders", senders.len() as u64);
+    r.count("senders", o.senders as u64);
     chat_run::send_figures(
         &mut r,
         args.rate,
-        &phase,
-        &stats,
+        &o.phase,
+        &o.stats,
         acked.len() as u64,
         unacked,
     );
     r.count("expected deliveries", acked.len() as u64 * recipients);
-    r.count("delivered", stats.delivered.get());
+    r.count("delivered", o.stats.delivered.get());
     r.rate(
         "delivery rate",
         per_s(
-            stats.delivered.get(),
-            drained.end_ns.saturating_sub(phase.start_ns),
+            o.stats.delivered.get(),
+            o.drained.end_ns.saturating_sub(o.phase.start_ns),
         ),
         "msg/s",
     );
     r.count("messages reaching all online", reach.complete);
     r.count("missing deliveries", reach.missing);
-    chat_run::end_figures(&mut r, &stats, &setup, &phase, &drained, unacked);
-    r.latency("group create+add", create_latency.summary());
-    r.latency("send → each member", stats.e2e_latency.total().summary());
+    chat_run::end_figures(&mut r, &o.stats, &o.setup, &o.phase, &o.drained, unacked);
+    r.latency("group create+add", o.create_latency.summary());
+    r.latency("send → each member", o.stats.e2e_latency.total().summary());
     r.latency("send → all online", reach.reach_all.summary());
     r.loss = reach.missing;
-    if !drained.drained {
+    if !o.drained.drained {
         r.notes.push(format!(
             "drain timed out after {} s with deliveries outstanding",
             args.drain
         ));
     }
-    env.finish(r)
+    r
 }
 
 fn check(args: &GroupArgs, online: usize) -> anyhow::Result<()> {

@@ -123,9 +123,6 @@ where
     Conn::open(target, opts, subs, handler).await
 }
 
-// A scenario reads top to bottom: setup, send, drain, report. It is longer than 80 lines
-// because its phases share the run's connections, counters and clock; what scenarios have in
-// common lives in `chat` (users, the send phase), `rate::Pace`, `report` and `table`.
 pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
     if args.convs == 0 || args.senders == 0 || args.senders > args.convs {
         bail!("--convs and --senders must be positive, with --senders ≤ --convs");
@@ -137,54 +134,120 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
         bail!("--skip-fill needs the --tag (or --user-prefix) of the run that filled");
     }
     let env = Env::new(&args.common)?;
-    let clock = env.clock;
-    let run = env.run;
     let mut auth = args.auth.clone();
     if let (None, Some(tag)) = (&auth.user_prefix, &args.tag) {
         auth.user_prefix = Some(format!("lth-{tag}"));
     }
-    let prefix = chat::user_prefix(&auth, run)?;
+    let prefix = chat::user_prefix(&auth, env.run)?;
     let senders: Vec<String> = (0..args.senders).map(|j| format!("{prefix}s{j}")).collect();
     let peers: Vec<String> = (0..args.convs).map(|c| format!("{prefix}p{c}")).collect();
     let convs: Vec<String> = (0..args.convs)
         .map(|c| dm_conv(&senders[owner(c, args.senders)], &peers[c]))
         .collect();
-    let p = &env.progress;
-    p.phase("minting tokens");
-    let tokens = chat::tokens_for(
-        chat::token_source(&auth)?,
-        &senders,
-        env.common.connect_concurrency,
-    )
-    .await?;
-
-    let stats = ChatStats::default();
-    let boxes: Vec<Arc<Mutex<FillBox>>> = senders.iter().map(|_| Arc::default()).collect();
-    let windows: Vec<Arc<Semaphore>> = senders
-        .iter()
-        .map(|_| Arc::new(Semaphore::new(args.window.max(1))))
-        .collect();
-    let waiters: Vec<RpcWaiters> = senders.iter().map(|_| RpcWaiters::default()).collect();
+    env.progress.phase("minting tokens");
+    let concurrency = env.common.connect_concurrency;
+    let tokens = chat::tokens_for(chat::token_source(&auth)?, &senders, concurrency).await?;
+    let h = History {
+        env: &env,
+        args: &args,
+        stats: ChatStats::default(),
+        boxes: senders.iter().map(|_| Arc::default()).collect(),
+        windows: senders
+            .iter()
+            .map(|_| Arc::new(Semaphore::new(args.window.max(1))))
+            .collect(),
+        waiters: senders.iter().map(|_| RpcWaiters::default()).collect(),
+        senders,
+        peers,
+        convs,
+    };
     let connected = Counter::default();
-    p.gauge("connected", &connected);
-    let _progress = p.start();
-    p.phase("connecting");
-    let results = open_many(
-        senders.len(),
-        env.common.connect_concurrency,
-        0.0,
-        clock,
-        |j| {
-            let me = senders[j].clone();
-            let token = tokens[j].clone();
-            let (fill, window, waiters, stats) = (
-                boxes[j].clone(),
-                windows[j].clone(),
-                waiters[j].clone(),
-                stats.clone(),
-            );
-            let target = env.target.clone();
-            let connected = connected.clone();
+    env.progress.gauge("connected", &connected);
+    let _progress = env.progress.start();
+    let conns = h.connect(&tokens, &connected).await?;
+    let mut r = Report::new("history", title(&args), json!(args));
+    r.text("user prefix", &prefix);
+    let fill_unacked = if args.skip_fill {
+        0
+    } else {
+        h.fill(&conns, &mut r).await
+    };
+    let (last_seq, head_errors) = h.heads(&conns, &mut r).await;
+    let queryable: Vec<usize> = (0..args.convs).filter(|&c| last_seq[c] > 0).collect();
+    let pages = if queryable.is_empty() {
+        r.notes
+            .push("no conversation holds messages: nothing to query".into());
+        None
+    } else {
+        Some(h.query(&conns, &last_seq, &queryable).await)
+    };
+    let dropped = conns.iter().filter(|c| !c.is_alive()).count() as u64;
+    close_all(conns).await;
+    drop(_progress);
+    let failed = match pages {
+        Some(pages) => {
+            pages.figures(&mut r);
+            r.count("dropped connections", dropped);
+            if pages.issued.get() < args.queries {
+                r.notes.push(format!(
+                    "query phase hit --duration {} s after {} of {} queries",
+                    args.duration,
+                    pages.issued.get(),
+                    args.queries
+                ));
+            }
+            pages.failed.get()
+        }
+        None => 1,
+    };
+    r.unacked = fill_unacked + h.stats.ack_errors.get() + failed + head_errors;
+    env.finish(r)
+}
+
+fn title(args: &HistoryArgs) -> String {
+    format!(
+        "history, {} messages over {} conversations{}, {} queries{}, limit {}",
+        args.messages,
+        args.convs,
+        if args.skip_fill {
+            " (fill skipped)"
+        } else {
+            ""
+        },
+        args.queries,
+        if args.rate > 0.0 {
+            format!(" at {}/s", args.rate)
+        } else {
+            " one at a time".into()
+        },
+        args.limit
+    )
+}
+
+/// One history run: the senders (who own the conversations), the peers, and their state.
+struct History<'a> {
+    env: &'a Env,
+    args: &'a HistoryArgs,
+    senders: Vec<String>,
+    peers: Vec<String>,
+    convs: Vec<String>,
+    stats: ChatStats,
+    boxes: Vec<Arc<Mutex<FillBox>>>,
+    /// Sends in flight per sender (`--window`); a sent ack gives a permit back.
+    windows: Vec<Arc<Semaphore>>,
+    waiters: Vec<RpcWaiters>,
+}
+
+impl History<'_> {
+    async fn connect(&self, tokens: &[String], connected: &Counter) -> anyhow::Result<Vec<Conn>> {
+        let (env, clock) = (self.env, self.env.clock);
+        env.progress.phase("connecting");
+        let concurrency = env.common.connect_concurrency;
+        let results = open_many(self.senders.len(), concurrency, 0.0, clock, |j| {
+            let (me, token) = (self.senders[j].clone(), tokens[j].clone());
+            let (fill, window) = (self.boxes[j].clone(), self.windows[j].clone());
+            let (waiters, stats) = (self.waiters[j].clone(), self.stats.clone());
+            let (target, connected) = (env.target.clone(), connected.clone());
             async move {
                 let handler = move |ev: Inbound<'_>| {
                     let Inbound::Publish { topic, payload } = ev else {
@@ -205,51 +268,29 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
                 }
                 c
             }
-        },
-    )
-    .await;
-    let conns = chat::all_connected(results, &senders)?;
+        })
+        .await;
+        chat::all_connected(results, &self.senders)
+    }
 
-    let mut r = Report::new(
-        "history",
-        format!(
-            "history, {} messages over {} conversations{}, {} queries{}, limit {}",
-            args.messages,
-            args.convs,
-            if args.skip_fill {
-                " (fill skipped)"
-            } else {
-                ""
-            },
-            args.queries,
-            if args.rate > 0.0 {
-                format!(" at {}/s", args.rate)
-            } else {
-                " one at a time".into()
-            },
-            args.limit
-        ),
-        json!(args),
-    );
-    r.text("user prefix", &prefix);
-
-    // Phase 1: fill.
-    let mut fill_unacked = 0u64;
-    if !args.skip_fill {
+    /// Phase 1: every sender sends its share of the fill as fast as its window allows.
+    /// Returns the sends never acked.
+    async fn fill(&self, conns: &[Conn], r: &mut Report) -> u64 {
+        let (args, stats, clock, run) = (self.args, &self.stats, self.env.clock, self.env.run);
+        let p = &self.env.progress;
         p.rate("sent", &stats.sent);
         p.rate("acked", &stats.acked);
         p.latency("ack", &stats.ack_latency);
         p.phase("filling");
         let fill_start = clock.now_ns();
         let deadline = fill_start + secs(args.fill_timeout).as_nanos() as u64;
+        let to: Arc<Vec<String>> = Arc::new(self.peers.iter().map(|u| format!("u:{u}")).collect());
         let mut tasks = Vec::new();
         for (j, conn) in conns.iter().enumerate() {
             let plan = fill_plan(args.messages, args.convs, args.senders, j);
-            let client = conn.client.clone();
-            let me = senders[j].clone();
-            let to: Vec<String> = peers.iter().map(|u| format!("u:{u}")).collect();
-            let (fill, window, sent) = (boxes[j].clone(), windows[j].clone(), stats.sent.clone());
-            let size = args.size;
+            let (client, me, to) = (conn.client.clone(), self.senders[j].clone(), to.clone());
+            let (fill, window) = (self.boxes[j].clone(), self.windows[j].clone());
+            let (sent, size) = (stats.sent.clone(), args.size);
             tasks.push(tokio::spawn(async move {
                 for (n, c) in plan.into_iter().enumerate() {
                     let wait = Duration::from_nanos(deadline.saturating_sub(clock.now_ns()));
@@ -259,21 +300,18 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
                     permit.forget();
                     let now = clock.now_ns();
                     let cid = format!("{run:08x}-{n}");
-                    let text = TextStamp {
+                    let stamp = TextStamp {
                         run,
                         sender: j as u32,
                         n: n as u64,
                         due_ns: now,
-                    }
-                    .encode(size);
+                    };
                     fill.lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .pending
                         .insert(cid.clone(), now);
-                    if chat::send_text(&client, &me, to[c as usize].clone(), cid, text)
-                        .await
-                        .is_err()
-                    {
+                    let (to, text) = (to[c as usize].clone(), stamp.encode(size));
+                    if chat::send_text(&client, &me, to, cid, text).await.is_err() {
                         break;
                     }
                     sent.inc();
@@ -288,8 +326,9 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
             || stats.acked.get() + stats.ack_errors.get() >= stats.sent.get(),
         )
         .await;
-        let fill_end = clock.now_ns();
-        fill_unacked = boxes
+        let span = clock.now_ns().saturating_sub(fill_start);
+        let unacked = self
+            .boxes
             .iter()
             .map(|b| {
                 b.lock()
@@ -298,12 +337,11 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
                     .len() as u64
             })
             .sum();
-        let span = fill_end.saturating_sub(fill_start);
         r.count("fill messages asked", args.messages);
         r.count("fill sent", stats.sent.get());
         r.count("fill acked", stats.acked.get());
         r.count("fill ack errors", stats.ack_errors.get());
-        r.count("fill unacked", fill_unacked);
+        r.count("fill unacked", unacked);
         r.value("fill time", span as f64 / 1e9, "s");
         r.rate("fill rate", per_s(stats.acked.get(), span), "msg/s");
         r.tally("fill ack errors by code", stats.errors());
@@ -314,195 +352,217 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<i32> {
                 args.fill_timeout,
                 stats.sent.get(),
                 args.messages,
-                fill_unacked
+                unacked
             ));
         }
+        unacked
     }
 
-    // Phase 2: the newest seq of every conversation.
-    p.phase("reading conversation heads");
-    let timeout = secs(args.rpc_timeout);
-    let mut last_seq = vec![0u64; args.convs];
-    let mut head_errors = 0u64;
-    for (c, conv) in convs.iter().enumerate() {
-        let j = owner(c, args.senders);
-        let res = waiters[j]
-            .call(
-                &conns[j].client,
-                &senders[j],
-                format!("head{c}"),
-                "history",
-                json!({"conv": conv, "limit": 1}),
-                timeout,
-            )
-            .await;
-        match res.ok().as_ref().and_then(page_of) {
-            Some((seqs, _)) => last_seq[c] = seqs.last().copied().unwrap_or(0),
-            None => head_errors += 1,
-        }
-    }
-    let stored: u64 = last_seq.iter().sum();
-    let queryable: Vec<usize> = (0..args.convs).filter(|&c| last_seq[c] > 0).collect();
-    r.count("conversations", args.convs as u64);
-    r.count("conversations with messages", queryable.len() as u64);
-    r.count("messages stored (sum of newest seqs)", stored);
-    r.count("head request errors", head_errors);
-    if queryable.is_empty() {
-        drop(_progress);
-        close_all(conns).await;
-        r.notes
-            .push("no conversation holds messages: nothing to query".into());
-        r.unacked = fill_unacked + stats.ack_errors.get() + head_errors + 1;
-        return env.finish(r);
-    }
-
-    // Phase 3: timed queries.
-    let done = Counter::default();
-    let failed = Counter::default();
-    let bad = Counter::default();
-    let latency = SharedLatency::default();
-    let errors: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
-    let first_bad: Arc<Mutex<Option<String>>> = Arc::default();
-    p.rate("pages", &done);
-    p.gauge("failed", &failed);
-    p.latency("page", &latency);
-    p.phase("querying");
-    let mut rng = match env.common.seed {
-        Some(s) => rand::rngs::StdRng::seed_from_u64(s),
-        None => rand::rngs::StdRng::from_rng(&mut rand::rng()),
-    };
-    let plan: Vec<(usize, u64)> = (0..args.queries)
-        .map(|_| {
-            let c = queryable[rng.random_range(0..queryable.len())];
-            (c, pick_anchor(&mut rng, last_seq[c]))
-        })
-        .collect();
-    let q_start = clock.now_ns() + 20_000_000;
-    let q_end = q_start + secs(args.duration).as_nanos() as u64;
-    let table = (args.rate > 0.0).then(|| Timetable::new(q_start, args.rate, q_end, None));
-    let pace = Pace::of(table, q_end, None);
-    let shared = Arc::new((
-        conns.iter().map(|c| c.client.clone()).collect::<Vec<_>>(),
-        senders.clone(),
-        waiters.clone(),
-        convs.clone(),
-    ));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut issued = 0u64;
-    clock.sleep_until(q_start).await;
-    for (i, (c, before)) in plan.into_iter().enumerate() {
-        let Some(due) = pace.due(&clock, i as u64).await else {
-            break;
-        };
-        if clock.now_ns() >= q_end {
-            break;
-        }
-        issued += 1;
-        let shared = shared.clone();
-        let (done, failed, bad, latency, errors, first_bad) = (
-            done.clone(),
-            failed.clone(),
-            bad.clone(),
-            latency.clone(),
-            errors.clone(),
-            first_bad.clone(),
-        );
-        let limit = args.limit;
-        let fut = async move {
-            let (clients, users, waiters, convs) = &*shared;
-            let j = owner(c, users.len());
-            let res = waiters[j]
+    /// Phase 2: the newest seq of every conversation, and how many heads could not be read.
+    async fn heads(&self, conns: &[Conn], r: &mut Report) -> (Vec<u64>, u64) {
+        self.env.progress.phase("reading conversation heads");
+        let timeout = secs(self.args.rpc_timeout);
+        let mut last_seq = vec![0u64; self.args.convs];
+        let mut errors = 0u64;
+        for (c, conv) in self.convs.iter().enumerate() {
+            let j = owner(c, self.args.senders);
+            let res = self.waiters[j]
                 .call(
-                    &clients[j],
-                    &users[j],
-                    format!("q{i}"),
+                    &conns[j].client,
+                    &self.senders[j],
+                    format!("head{c}"),
                     "history",
-                    json!({"conv": convs[c], "before": before, "limit": limit}),
+                    json!({"conv": conv, "limit": 1}),
                     timeout,
                 )
                 .await;
-            let now = clock.now_ns();
-            match res {
-                Ok(v) => {
-                    latency.record_ns(now.saturating_sub(due));
-                    done.inc();
-                    let verdict = page_of(&v)
-                        .ok_or_else(|| "result without messages".to_string())
-                        .and_then(|(seqs, more)| check_page(before, limit, &seqs, more));
-                    if let Err(e) = verdict {
-                        bad.inc();
-                        first_bad
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .get_or_insert(format!("{}: {e}", convs[c]));
-                    }
-                }
-                Err(e) => {
-                    failed.inc();
-                    let msg = e.to_string();
-                    let key = if msg.contains("no answer") {
-                        "timeout".to_string()
-                    } else {
-                        msg.split_whitespace().nth(1).unwrap_or("error").to_string()
-                    };
-                    *errors
+            match res.ok().as_ref().and_then(page_of) {
+                Some((seqs, _)) => last_seq[c] = seqs.last().copied().unwrap_or(0),
+                None => errors += 1,
+            }
+        }
+        let with_messages = last_seq.iter().filter(|&&s| s > 0).count();
+        r.count("conversations", self.args.convs as u64);
+        r.count("conversations with messages", with_messages as u64);
+        r.count(
+            "messages stored (sum of newest seqs)",
+            last_seq.iter().sum(),
+        );
+        r.count("head request errors", errors);
+        (last_seq, errors)
+    }
+
+    /// Phase 3: `--queries` pages at random anchors of the `queryable` conversations, one at
+    /// a time or on a timetable (`--rate`), until `--duration` runs out.
+    async fn query(&self, conns: &[Conn], last_seq: &[u64], queryable: &[usize]) -> Pages {
+        let (args, clock) = (self.args, self.env.clock);
+        let pages = Pages::new(args.queries);
+        let p = &self.env.progress;
+        p.rate("pages", &pages.done);
+        p.gauge("failed", &pages.failed);
+        p.latency("page", &pages.latency);
+        p.phase("querying");
+        let mut rng = match self.env.common.seed {
+            Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+            None => rand::rngs::StdRng::from_rng(&mut rand::rng()),
+        };
+        let plan: Vec<(usize, u64)> = (0..args.queries)
+            .map(|_| {
+                let c = queryable[rng.random_range(0..queryable.len())];
+                (c, pick_anchor(&mut rng, last_seq[c]))
+            })
+            .collect();
+        let q_start = clock.now_ns() + 20_000_000;
+        let q_end = q_start + secs(args.duration).as_nanos() as u64;
+        let table = (args.rate > 0.0).then(|| Timetable::new(q_start, args.rate, q_end, None));
+        let pace = Pace::of(table, q_end, None);
+        let asker = Arc::new(Asker {
+            clients: conns.iter().map(|c| c.client.clone()).collect(),
+            users: self.senders.clone(),
+            waiters: self.waiters.clone(),
+            convs: self.convs.clone(),
+            limit: args.limit,
+            timeout: secs(args.rpc_timeout),
+            clock,
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        clock.sleep_until(q_start).await;
+        for (i, (c, before)) in plan.into_iter().enumerate() {
+            let Some(due) = pace.due(&clock, i as u64).await else {
+                break;
+            };
+            if clock.now_ns() >= q_end {
+                break;
+            }
+            pages.issued.inc();
+            let fut = asker.clone().ask(i, c, before, due, pages.clone());
+            if matches!(pace, Pace::Table(_)) {
+                tasks.spawn(fut);
+            } else {
+                fut.await;
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        pages.span_ns.add(clock.now_ns().saturating_sub(q_start));
+        pages
+    }
+}
+
+/// What a query needs, shared by every query of the run.
+struct Asker {
+    clients: Vec<rumqttc::AsyncClient>,
+    users: Vec<String>,
+    waiters: Vec<RpcWaiters>,
+    convs: Vec<String>,
+    limit: u64,
+    timeout: Duration,
+    clock: crate::rate::Clock,
+}
+
+impl Asker {
+    /// Asks for the page of conversation `c` before `before` and checks it.
+    async fn ask(self: Arc<Self>, i: usize, c: usize, before: u64, due: u64, pages: Pages) {
+        let j = owner(c, self.users.len());
+        let query = json!({"conv": self.convs[c], "before": before, "limit": self.limit});
+        let res = self.waiters[j]
+            .call(
+                &self.clients[j],
+                &self.users[j],
+                format!("q{i}"),
+                "history",
+                query,
+                self.timeout,
+            )
+            .await;
+        let now = self.clock.now_ns();
+        match res {
+            Ok(v) => {
+                pages.latency.record_ns(now.saturating_sub(due));
+                pages.done.inc();
+                let verdict = page_of(&v)
+                    .ok_or_else(|| "result without messages".to_string())
+                    .and_then(|(seqs, more)| check_page(before, self.limit, &seqs, more));
+                if let Err(e) = verdict {
+                    pages.bad.inc();
+                    pages
+                        .first_bad
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .entry(key)
-                        .or_default() += 1;
+                        .get_or_insert(format!("{}: {e}", self.convs[c]));
                 }
             }
-        };
-        if matches!(pace, Pace::Table(_)) {
-            tasks.spawn(fut);
-        } else {
-            fut.await;
+            Err(e) => {
+                pages.failed.inc();
+                let msg = e.to_string();
+                let key = if msg.contains("no answer") {
+                    "timeout".to_string()
+                } else {
+                    msg.split_whitespace().nth(1).unwrap_or("error").to_string()
+                };
+                *pages
+                    .errors
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(key)
+                    .or_default() += 1;
+            }
         }
     }
-    while tasks.join_next().await.is_some() {}
-    let q_span = clock.now_ns().saturating_sub(q_start);
-    let alive = conns.iter().filter(|c| c.is_alive()).count();
-    let dropped = (conns.len() - alive) as u64;
-    close_all(conns).await;
-    drop(_progress);
+}
 
-    r.count("queries asked", args.queries);
-    r.count("queries issued", issued);
-    r.count("pages answered", done.get());
-    r.count("pages failed (error or timeout)", failed.get());
-    r.count("pages with wrong content", bad.get());
-    r.rate(
-        "query rate",
-        per_s(done.get() + failed.get(), q_span),
-        "pages/s",
-    );
-    r.count("dropped connections", dropped);
-    r.tally(
-        "failed pages by error",
-        errors
+/// The query phase's counters, shared by the queries in flight.
+#[derive(Clone)]
+struct Pages {
+    asked: u64,
+    issued: Counter,
+    done: Counter,
+    failed: Counter,
+    bad: Counter,
+    span_ns: Counter,
+    latency: SharedLatency,
+    errors: Arc<Mutex<HashMap<String, u64>>>,
+    first_bad: Arc<Mutex<Option<String>>>,
+}
+
+impl Pages {
+    fn new(asked: u64) -> Pages {
+        Pages {
+            asked,
+            issued: Counter::default(),
+            done: Counter::default(),
+            failed: Counter::default(),
+            bad: Counter::default(),
+            span_ns: Counter::default(),
+            latency: SharedLatency::default(),
+            errors: Arc::default(),
+            first_bad: Arc::default(),
+        }
+    }
+
+    fn figures(&self, r: &mut Report) {
+        let issued = self.issued.get();
+        r.count("queries asked", self.asked);
+        r.count("queries issued", issued);
+        r.count("pages answered", self.done.get());
+        r.count("pages failed (error or timeout)", self.failed.get());
+        r.count("pages with wrong content", self.bad.get());
+        let answered = self.done.get() + self.failed.get();
+        r.rate("query rate", per_s(answered, self.span_ns.get()), "pages/s");
+        let errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        r.tally(
+            "failed pages by error",
+            errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        );
+        r.latency("history page", self.latency.total().summary());
+        let first_bad = self
+            .first_bad
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
-    );
-    r.latency("history page", latency.total().summary());
-    if let Some(e) = first_bad
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    {
-        r.notes.push(format!("first wrong page: {e}"));
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = first_bad.as_ref() {
+            r.notes.push(format!("first wrong page: {e}"));
+        }
+        r.loss = self.bad.get();
     }
-    if issued < args.queries {
-        r.notes.push(format!(
-            "query phase hit --duration {} s after {issued} of {} queries",
-            args.duration, args.queries
-        ));
-    }
-    r.loss = bad.get();
-    r.unacked = fill_unacked + stats.ack_errors.get() + failed.get() + head_errors;
-    env.finish(r)
 }
 
 fn on_ack(payload: &[u8], now: u64, fill: &Mutex<FillBox>, stats: &ChatStats) {
