@@ -14,7 +14,7 @@ impl Conn {
         }
         let persistent = !self.session_ttl.is_zero();
         if persistent {
-            let general = self.general_filters.drain().collect();
+            let general = self.general.filters.drain().collect();
             let cfg = &self.state.config.mqtt;
             let caps = SaveCaps {
                 per_user: cfg.max_saved_sessions_per_user,
@@ -46,7 +46,7 @@ impl Conn {
                 }
             }
         }
-        if let Some(link) = self.link.take() {
+        if let Some(link) = self.general.link.take() {
             link.close().await;
         }
         let remaining = self.state.registry.unregister(self.conn_id);

@@ -6,7 +6,7 @@ impl Conn {
     /// Sends a packet to the engine, opening this connection's link on first use.
     pub(super) async fn send_to_engine(&mut self, packet: Packet) -> Result<(), Close> {
         self.ensure_link(self.session_ttl.is_zero()).await?;
-        match self.link.as_mut() {
+        match self.general.link.as_mut() {
             Some(link) => link.send(packet).await.map_err(|_| Close::Engine),
             None => Err(Close::Engine),
         }
@@ -14,7 +14,7 @@ impl Conn {
 
     /// Opens this connection's engine link if it has none; `clean` = no session to keep.
     pub(super) async fn ensure_link(&mut self, clean: bool) -> Result<(), Close> {
-        if self.link.is_none() {
+        if self.general.link.is_none() {
             let link = self
                 .state
                 .engine
@@ -24,7 +24,7 @@ impl Conn {
                     warn!(error = %e, "engine link refused");
                     Close::Engine
                 })?;
-            self.link = Some(link);
+            self.general.link = Some(link);
         }
         Ok(())
     }
@@ -39,7 +39,7 @@ impl Conn {
             Notification::DeviceAck(ack) => match Packet::from(ack) {
                 Packet::SubAck(s, props) => {
                     let codes = merge_pending(
-                        &mut self.pending_subacks,
+                        &mut self.general.subacks,
                         s.pkid,
                         s.return_codes,
                         SubscribeReasonCode::Unspecified,
@@ -54,7 +54,7 @@ impl Conn {
                 }
                 Packet::UnsubAck(u, props) => {
                     let reasons = merge_pending(
-                        &mut self.pending_unsubacks,
+                        &mut self.general.unsubacks,
                         u.pkid,
                         u.reasons,
                         UnsubAckReason::Success,

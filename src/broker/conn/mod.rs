@@ -256,6 +256,33 @@ async fn flush_buf<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut) -> std
     Ok(())
 }
 
+/// The general plane of one connection: the engine link (opened on first use), the filters
+/// held there, and the SUBACK/UNSUBACK answers waiting for the engine's part.
+#[derive(Default)]
+struct General {
+    link: Option<GeneralLink>,
+    filters: HashSet<String>,
+    subacks: VecDeque<PendingAck<SubscribeReasonCode>>,
+    unsubacks: VecDeque<PendingAck<UnsubAckReason>>,
+}
+
+/// Chat publishes from the client: in processing (answered in arrival order), waiting for a
+/// slot, and QoS 2 ones between our PUBREC and the client's PUBREL.
+#[derive(Default)]
+struct Inbound {
+    running: VecDeque<InboundTask>,
+    parked: VecDeque<ParkedChat>,
+    qos2: HashSet<u16>,
+}
+
+/// Chat deliveries to the client: at most `window` in flight, by packet id.
+struct Outbound {
+    window: usize,
+    /// Packet ids of chat deliveries not yet acknowledged.
+    inflight: HashSet<u16>,
+    next_pkid: u16,
+}
+
 struct Conn {
     state: Arc<BrokerState>,
     codec: Codec,
@@ -267,23 +294,14 @@ struct Conn {
     keep_alive: u16,
     token_deadline: Option<Instant>,
     session_ttl: Duration,
-    window: usize,
     out_rx: OutboxRx,
     kick_rx: oneshot::Receiver<oneshot::Sender<()>>,
-    link: Option<GeneralLink>,
-    general_filters: HashSet<String>,
+    general: General,
     /// The chat side of an authenticated client (`None` for anonymous ones: the ACL never
     /// routes chat topics for them).
     chat: Option<Box<dyn ChatSession>>,
-    pending_subacks: VecDeque<PendingAck<SubscribeReasonCode>>,
-    pending_unsubacks: VecDeque<PendingAck<UnsubAckReason>>,
-    inbound: VecDeque<InboundTask>,
-    parked: VecDeque<ParkedChat>,
-    /// QoS 2 chat publishes answered with PUBREC, waiting for PUBREL.
-    chat_qos2: HashSet<u16>,
-    /// Packet ids of chat deliveries not yet acknowledged.
-    inflight: HashSet<u16>,
-    next_pkid: u16,
+    inbound: Inbound,
+    outbound: Outbound,
     aliases: HashMap<u16, Bytes>,
     will: Option<Will>,
     /// Packets to write; moved into the socket buffer after each event.
@@ -358,7 +376,7 @@ impl Conn {
                 (false, None) => Some(Instant::now()),
                 (false, since) => since,
             };
-            let reading = self.parked.len() < MAX_PARKED;
+            let reading = self.inbound.parked.len() < MAX_PARKED;
             let partial_deadline = partial_since
                 .filter(|_| reading)
                 .and_then(|t| t.checked_add(packet_timeout));
@@ -366,7 +384,7 @@ impl Conn {
                 io.rbuf = BytesMut::with_capacity(READ_CHUNK);
             }
             io.rbuf.reserve(READ_CHUNK);
-            let can_deliver = self.inflight.len() < self.window;
+            let can_deliver = self.outbound.inflight.len() < self.outbound.window;
             let ka_deadline = keep_alive.and_then(|k| last_rx.checked_add(k));
             let step: Result<(), Close> = tokio::select! {
                 biased;
@@ -379,12 +397,12 @@ impl Conn {
                     metrics::counter!(m::PROTOCOL_ERRORS, "reason" => "packet_timeout").increment(1);
                     Err(Close::PacketTimeout)
                 }
-                (pkid, qos, result) = next_inbound(&mut self.inbound) => {
+                (pkid, qos, result) = next_inbound(&mut self.inbound.running) => {
                     let r = self.finish_inbound(pkid, qos, result);
                     self.unpark();
                     r
                 }
-                n = next_link_event(&mut self.link) => match n {
+                n = next_link_event(&mut self.general.link) => match n {
                     Some(n) => self.on_engine(n),
                     None => Err(Close::Engine),
                 },
@@ -477,14 +495,14 @@ impl Conn {
             }
             Packet::PubAck(ack, props) => {
                 if ack.pkid > ROUTER_PKIDS {
-                    self.inflight.remove(&ack.pkid);
+                    self.outbound.inflight.remove(&ack.pkid);
                     Ok(())
                 } else {
                     self.send_to_engine(Packet::PubAck(ack, props)).await
                 }
             }
             Packet::PubRel(rel, props) => {
-                if self.chat_qos2.remove(&rel.pkid) {
+                if self.inbound.qos2.remove(&rel.pkid) {
                     self.put(Packet::PubComp(
                         PubComp {
                             pkid: rel.pkid,
@@ -492,7 +510,7 @@ impl Conn {
                         },
                         None,
                     ))
-                } else if self.link.is_some() {
+                } else if self.general.link.is_some() {
                     self.send_to_engine(Packet::PubRel(rel, props)).await
                 } else {
                     self.put(Packet::PubComp(
@@ -533,19 +551,19 @@ impl Conn {
         let pkid = if d.qos == 0 {
             0
         } else {
-            let mut pkid = self.next_pkid;
+            let mut pkid = self.outbound.next_pkid;
             loop {
                 pkid = if pkid == u16::MAX {
                     ROUTER_PKIDS + 1
                 } else {
                     pkid + 1
                 };
-                if !self.inflight.contains(&pkid) {
+                if !self.outbound.inflight.contains(&pkid) {
                     break;
                 }
             }
-            self.next_pkid = pkid;
-            self.inflight.insert(pkid);
+            self.outbound.next_pkid = pkid;
+            self.outbound.inflight.insert(pkid);
             pkid
         };
         let publish = super::codec::publish(&d.topic, &d.payload, d.qos.min(1), pkid, d.retain);

@@ -44,10 +44,10 @@ impl Conn {
                 };
                 // QoS 0 (typing) takes a slot like the rest, so a flood of it is bounded too;
                 // it simply has nothing to acknowledge.
-                if self.inbound.len() < MAX_INBOUND && self.parked.is_empty() {
-                    self.inbound.push_back(run_chat(parked));
+                if self.inbound.running.len() < MAX_INBOUND && self.inbound.parked.is_empty() {
+                    self.inbound.running.push_back(run_chat(parked));
                 } else {
-                    self.parked.push_back(parked);
+                    self.inbound.parked.push_back(parked);
                 }
                 Ok(())
             }
@@ -71,11 +71,11 @@ impl Conn {
 
     /// Moves parked chat publishes into free processing slots, in arrival order.
     pub(super) fn unpark(&mut self) {
-        while self.inbound.len() < MAX_INBOUND {
-            let Some(parked) = self.parked.pop_front() else {
+        while self.inbound.running.len() < MAX_INBOUND {
+            let Some(parked) = self.inbound.parked.pop_front() else {
                 break;
             };
-            self.inbound.push_back(run_chat(parked));
+            self.inbound.running.push_back(run_chat(parked));
         }
     }
 
@@ -112,7 +112,7 @@ impl Conn {
                 };
                 if !self.v5 {
                     // 3.1.1 has no negative PUBREC: finish the exchange, drop the message.
-                    self.chat_qos2.insert(h.pkid);
+                    self.inbound.qos2.insert(h.pkid);
                 }
                 self.put(Packet::PubRec(
                     PubRec {
@@ -165,7 +165,7 @@ impl Conn {
         if qos == 2 {
             if reason == PubAckReason::Success {
                 // Only a successful PUBREC continues to PUBREL/PUBCOMP.
-                self.chat_qos2.insert(pkid);
+                self.inbound.qos2.insert(pkid);
             }
             let rec = match reason {
                 PubAckReason::Success => PubRecReason::Success,

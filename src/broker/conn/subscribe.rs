@@ -25,7 +25,7 @@ impl Conn {
             }
             let code = match route {
                 SubscribeRoute::General => {
-                    self.general_filters.insert(f.path.clone());
+                    self.general.filters.insert(f.path.clone());
                     general.push(f);
                     codes.push(None);
                     continue;
@@ -50,7 +50,7 @@ impl Conn {
         }
         let unset = SubscribeReasonCode::Unspecified;
         let to_engine = !general.is_empty();
-        match answer_now(&mut self.pending_subacks, s.pkid, codes, to_engine, unset) {
+        match answer_now(&mut self.general.subacks, s.pkid, codes, to_engine, unset) {
             Some(return_codes) => self.put(Packet::SubAck(
                 SubAck {
                     pkid: s.pkid,
@@ -77,9 +77,9 @@ impl Conn {
     /// already holds is replaced, not added).
     pub(super) fn may_hold_another(&self, filter: &str) -> bool {
         let chat = self.chat.as_deref();
-        let held = self.general_filters.len() + chat.map_or(0, |c| c.held());
+        let held = self.general.filters.len() + chat.map_or(0, |c| c.held());
         held < self.state.config.mqtt.max_subscriptions
-            || self.general_filters.contains(filter)
+            || self.general.filters.contains(filter)
             || chat.is_some_and(|c| c.holds(filter))
     }
 
@@ -100,7 +100,7 @@ impl Conn {
         let mut reasons = Vec::with_capacity(u.filters.len());
         let mut general = Vec::new();
         for f in u.filters {
-            if self.general_filters.remove(&f) {
+            if self.general.filters.remove(&f) {
                 general.push(f);
                 reasons.push(None);
             } else if self.chat.as_mut().is_some_and(|c| c.unsubscribe(&f)) {
@@ -112,7 +112,7 @@ impl Conn {
         let unset = UnsubAckReason::Success;
         let to_engine = !general.is_empty();
         match answer_now(
-            &mut self.pending_unsubacks,
+            &mut self.general.unsubacks,
             u.pkid,
             reasons,
             to_engine,
@@ -146,7 +146,7 @@ impl Conn {
         }
         if !saved.general_filters.is_empty() {
             // Reopening the link with clean_session = false makes rumqttd restore its side.
-            self.general_filters = saved.general_filters.into_iter().collect();
+            self.general.filters = saved.general_filters.into_iter().collect();
             if let Err(c) = self.ensure_link(false).await {
                 warn!(?c, "could not restore the general-plane session");
             }
