@@ -268,6 +268,43 @@ pub struct ChatStats {
 }
 
 impl ChatStats {
+    /// Decodes an `in/ack` payload and matches it to its send with `take(cid)`, which gives
+    /// back the send's due time and what the caller kept with it. Counts undecodable
+    /// payloads, stray acks and error answers, and for a successful ack the ack and its
+    /// latency.
+    pub fn take_ack<T>(
+        &self,
+        payload: &[u8],
+        now_ns: u64,
+        take: impl FnOnce(&str) -> Option<(u64, T)>,
+    ) -> Option<(SentAck, u64, T)> {
+        let Some(a) = protocol::decode::<SentAck>(payload) else {
+            self.undecodable.inc();
+            return None;
+        };
+        let Some((due_ns, kept)) = take(&a.cid) else {
+            self.stray_acks.inc();
+            return None;
+        };
+        if let Some(e) = &a.error {
+            self.ack_errors.inc();
+            self.error(if e.code.is_empty() {
+                "unknown"
+            } else {
+                &e.code
+            });
+            return None;
+        }
+        if a.id.is_empty() {
+            self.ack_errors.inc();
+            self.error("ack_without_id");
+            return None;
+        }
+        self.acked.inc();
+        self.ack_latency.record_ns(now_ns.saturating_sub(due_ns));
+        Some((a, due_ns, kept))
+    }
+
     /// Decodes a message delivered to `me`; `None` (and counted) when it does not decode or is
     /// `me`'s own echo.
     pub fn foreign_delivery(&self, me: &str, payload: &[u8]) -> Option<protocol::Delivery> {
@@ -357,30 +394,10 @@ impl Outbox {
 
     /// Handles an `in/ack` payload.
     pub fn on_ack(&mut self, payload: &[u8], now_ns: u64, stats: &ChatStats) {
-        let Some(a) = protocol::decode::<SentAck>(payload) else {
-            stats.undecodable.inc();
+        let take = |cid: &str| self.pending.remove(cid);
+        let Some((a, due_ns, tag)) = stats.take_ack(payload, now_ns, take) else {
             return;
         };
-        let Some((due_ns, tag)) = self.pending.remove(&a.cid) else {
-            stats.stray_acks.inc();
-            return;
-        };
-        if let Some(e) = a.error {
-            stats.ack_errors.inc();
-            stats.error(if e.code.is_empty() {
-                "unknown"
-            } else {
-                &e.code
-            });
-            return;
-        }
-        if a.id.is_empty() {
-            stats.ack_errors.inc();
-            stats.error("ack_without_id");
-            return;
-        }
-        stats.acked.inc();
-        stats.ack_latency.record_ns(now_ns.saturating_sub(due_ns));
         self.acked.push(Acked {
             key: id_key(&a.id),
             conv: a.conv,

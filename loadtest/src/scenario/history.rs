@@ -27,7 +27,7 @@ use super::{close_all, open_many, per_s, secs, Env};
 use crate::chat::{self, ChatStats, RpcWaiters};
 use crate::cli::HistoryArgs;
 use crate::conn::{Conn, ConnectFailure, Inbound, Target};
-use crate::protocol::{self, classify, InboundKind, SentAck, TextStamp};
+use crate::protocol::{classify, InboundKind, TextStamp};
 use crate::rate::{Pace, Timetable};
 use crate::report::Report;
 use crate::stats::{Counter, SharedLatency};
@@ -566,30 +566,9 @@ impl Pages {
 }
 
 fn on_ack(payload: &[u8], now: u64, fill: &Mutex<FillBox>, stats: &ChatStats) {
-    let Some(a) = protocol::decode::<SentAck>(payload) else {
-        stats.undecodable.inc();
-        return;
-    };
-    let due = fill
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .pending
-        .remove(&a.cid);
-    let Some(due) = due else {
-        stats.stray_acks.inc();
-        return;
-    };
-    if let Some(e) = a.error {
-        stats.ack_errors.inc();
-        stats.error(if e.code.is_empty() {
-            "unknown"
-        } else {
-            &e.code
-        });
-        return;
-    }
-    stats.acked.inc();
-    stats.ack_latency.record_ns(now.saturating_sub(due));
+    let mut fill = fill.lock().unwrap_or_else(PoisonError::into_inner);
+    let take = |cid: &str| fill.pending.remove(cid).map(|due| (due, ()));
+    stats.take_ack(payload, now, take);
 }
 
 #[cfg(test)]

@@ -3,6 +3,27 @@
 use super::*;
 
 impl ScyllaStore {
+    /// The first steps of a membership change: the group's lock (held until the returned
+    /// guard drops), the group checked, the requested users deduplicated, and which of them
+    /// are members now.
+    pub(super) async fn membership_request(
+        &self,
+        gid: &str,
+        users: &[String],
+    ) -> StoreResult<(
+        tokio::sync::OwnedMutexGuard<()>,
+        Vec<String>,
+        HashSet<String>,
+    )> {
+        let lock = self.group_locks.slot(&gid.to_owned()).lock_owned().await;
+        if self.group_row(gid).await?.is_none() {
+            return Err(not_found_group(gid));
+        }
+        let requested = unique(users.iter().map(String::as_str));
+        let existing = self.members_among(gid, &requested).await?;
+        Ok((lock, requested, existing))
+    }
+
     pub(super) async fn group_row(&self, gid: &str) -> StoreResult<Option<GroupRow>> {
         self.maybe_row(&self.st.SELECT_GROUP, (gid,), "read group")
             .await

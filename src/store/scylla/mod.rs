@@ -392,13 +392,7 @@ impl Store for ScyllaStore {
         max_members: u64,
     ) -> StoreResult<MembershipChange> {
         self.check_open()?;
-        let slot = self.group_locks.slot(&gid.to_owned());
-        let _lock = slot.lock().await;
-        if self.group_row(gid).await?.is_none() {
-            return Err(not_found_group(gid));
-        }
-        let requested = unique(users.iter().map(String::as_str));
-        let existing = self.members_among(gid, &requested).await?;
+        let (_lock, requested, existing) = self.membership_request(gid, users).await?;
         let new: Vec<String> = requested
             .iter()
             .filter(|u| !existing.contains(*u))
@@ -432,13 +426,7 @@ impl Store for ScyllaStore {
 
     async fn remove_members(&self, gid: &str, users: &[String]) -> StoreResult<MembershipChange> {
         self.check_open()?;
-        let slot = self.group_locks.slot(&gid.to_owned());
-        let _lock = slot.lock().await;
-        if self.group_row(gid).await?.is_none() {
-            return Err(not_found_group(gid));
-        }
-        let requested = unique(users.iter().map(String::as_str));
-        let existing = self.members_among(gid, &requested).await?;
+        let (_lock, requested, existing) = self.membership_request(gid, users).await?;
         let removed: Vec<String> = requested
             .iter()
             .filter(|u| existing.contains(*u))
