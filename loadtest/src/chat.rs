@@ -124,8 +124,8 @@ pub async fn send_text(
     Ok(())
 }
 
-/// One sender of an open-loop scenario: publishes text messages from `me` to `to` at the times
-/// of `table`, each stamped with its due time (latency is measured from it) and recorded in
+/// One sender of an open-loop scenario: publishes text messages from `me` to `to` as `pace`
+/// says, each stamped with its due time (latency is measured from it) and recorded in
 /// `outbox` before it is sent.
 pub struct TimedSender {
     pub clock: Clock,
