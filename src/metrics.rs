@@ -29,6 +29,9 @@ pub const DELIVERY_LATENCY: &str = "chatmq_delivery_latency_seconds";
 /// Histogram: undelivered DMs found when a device subscribes to its inbox (the offline
 /// backlog it is about to receive).
 pub const OFFLINE_BACKLOG: &str = "chatmq_offline_backlog_messages";
+/// Counter: resent messages (a cid already stored) fanned out again, in case the first
+/// fan-out was lost to a crash.
+pub const RESENT_FANOUTS: &str = "chatmq_resent_fanouts_total";
 /// Counter: offline DMs pushed to devices.
 pub const OFFLINE_PUSHED: &str = "chatmq_offline_pushed_total";
 /// Gauge: 1 while the store accepts writes, 0 while it fails (`/readyz` answers 503 then).

@@ -70,15 +70,20 @@ impl ChatService {
         // The durability promise: this ack (and the PUBACK) go out only after the commit.
         let stored = appended.message();
         self.to_user(me, InKind::Ack, &SentAck::of(stored));
-        if let Appended::Stored(stored) = &appended {
-            self.fan_out(me, &req.to, stored, received);
+        // A resend answered from the dedup index is fanned out again: the first attempt may
+        // have been committed just before a crash, with its fan-out lost. Devices that got it
+        // the first time see a seq they hold and drop it (PROTOCOL.md, "Completeness").
+        if let Appended::Duplicate(_) = &appended {
+            metrics::counter!(m::RESENT_FANOUTS).increment(1);
         }
+        self.fan_out(me, appended.message(), received);
         self.activity(me, false).await;
         Ok(())
     }
 
-    /// Delivers a newly stored message to its recipients (and the sender's other devices).
-    fn fan_out(&self, me: &str, to: &Target, stored: &StoredMessage, received: Instant) {
+    /// Delivers a stored message to its recipients (and the sender's other devices), by its
+    /// conversation.
+    fn fan_out(&self, me: &str, stored: &StoredMessage, received: Instant) {
         let out = match MessageOut::from_stored(stored) {
             Ok(out) => out,
             Err(e) => {
@@ -87,17 +92,21 @@ impl ChatService {
             }
         };
         let payload = self.encode(&out);
-        match to {
-            Target::User(peer) => {
+        match stored.conv.kind() {
+            Some(ConvKind::Direct { a, b }) => {
+                let peer = if a == me { b } else { a };
                 let d = Delivery::qos1(user_in_topic(peer, InKind::Msg), payload.clone());
                 self.registry.deliver_user(peer, &d);
-                let d = Delivery::qos1(user_in_topic(me, InKind::Msg), payload);
-                self.registry.deliver_user(me, &d);
+                if peer != me {
+                    let d = Delivery::qos1(user_in_topic(me, InKind::Msg), payload);
+                    self.registry.deliver_user(me, &d);
+                }
             }
-            Target::Group(gid) => {
+            Some(ConvKind::Group { gid }) => {
                 let d = Delivery::qos1(group_topic(gid, GroupKind::Msg), payload);
                 self.registry.deliver_group(gid, &d);
             }
+            None => return,
         }
         metrics::histogram!(m::DELIVERY_LATENCY).record(received.elapsed().as_secs_f64());
     }
