@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+pub mod kill;
+
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
 pub struct Broker {
