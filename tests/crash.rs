@@ -12,7 +12,7 @@ use chatmq::store::ConvId;
 use common::kill::{self, Shared};
 use common::*;
 use rand::Rng;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -150,38 +150,8 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         (l.acked.clone(), l.puback_only, bob_got.lock().len())
     };
     for conv in [&dm, &group] {
-        let stored = all_messages(store.as_ref(), conv).await;
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for m in &stored {
-            *seen.entry(m.cid.clone()).or_default() += 1;
-        }
-        let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-        assert_eq!(
-            seqs,
-            (1..=seqs.len() as u64).collect::<Vec<_>>(),
-            "{conv}: seq gap"
-        );
-        let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(dup.is_empty(), "{conv}: stored twice: {dup:?}");
-        let acked: Vec<&String> = acked_all
-            .iter()
-            .filter(|(_, c)| *c == conv)
-            .map(|(cid, _)| cid)
-            .collect();
-        let lost: Vec<_> = acked
-            .iter()
-            .filter(|cid| !seen.contains_key(**cid))
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "{conv}: acknowledged but not stored: {lost:?}"
-        );
-        println!(
-            "{conv}: {} acknowledged, {} stored, 0 lost, 0 duplicated, seqs 1..={} dense",
-            acked.len(),
-            seen.len(),
-            seqs.len()
-        );
+        let (acked, stored) = kill::assert_stored_once(store.as_ref(), &acked_all, conv).await;
+        println!("{conv}: {acked} acknowledged, {stored} stored, 0 lost, 0 duplicated, seqs 1..={stored} dense");
     }
     println!(
         "{kills} SIGKILLs survived; {} messages acknowledged ({} by PUBACK before their receipt); bob got {} DMs",

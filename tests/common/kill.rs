@@ -184,3 +184,39 @@ pub async fn sender(
         }
     }
 }
+
+/// Asserts that `conv` holds every cid `acked` puts in it exactly once, with dense seqs;
+/// returns how many were acknowledged and how many are stored.
+pub async fn assert_stored_once(
+    store: &dyn chatmq::store::Store,
+    acked: &BTreeMap<String, ConvId>,
+    conv: &ConvId,
+) -> (usize, usize) {
+    let stored = all_messages(store, conv).await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for m in &stored {
+        *seen.entry(m.cid.clone()).or_default() += 1;
+    }
+    let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "{conv}: seq gap"
+    );
+    let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dup.is_empty(), "{conv}: stored twice: {dup:?}");
+    let mine: Vec<&String> = acked
+        .iter()
+        .filter(|(_, c)| *c == conv)
+        .map(|(cid, _)| cid)
+        .collect();
+    let lost: Vec<_> = mine
+        .iter()
+        .filter(|cid| !seen.contains_key(**cid))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{conv}: acknowledged but not stored: {lost:?}"
+    );
+    (mine.len(), seen.len())
+}
