@@ -62,6 +62,38 @@ struct Holdings {
     /// Rule 3 finished (conversations answered, every catch-up page in) since the last connect.
     settled: bool,
     connects: u64,
+    /// Wall-clock ms intervals during which the subscriptions were in place (SUBACK received
+    /// → connection seen closed).
+    subscribed: Vec<(i64, i64)>,
+    /// Server timestamps (`ts`) of the messages first held by catch-up.
+    caught_up_ts: Vec<i64>,
+}
+
+impl Holdings {
+    /// Messages held by catch-up that were stored while the device was subscribed (after its
+    /// SUBACK and before the broker it was connected to was killed, `kills` in ms): their live
+    /// delivery was lost.
+    fn caught_up_while_subscribed(&self, kills: &[i64]) -> usize {
+        let windows: Vec<(i64, i64)> = self
+            .subscribed
+            .iter()
+            .map(|&(a, b)| {
+                let killed = kills.iter().copied().filter(|k| *k >= a).min();
+                (a, killed.map_or(b, |k| k.min(b)))
+            })
+            .collect();
+        self.caught_up_ts
+            .iter()
+            .filter(|ts| windows.iter().any(|(a, b)| a <= *ts && *ts <= b))
+            .count()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 type Held = Arc<parking_lot::Mutex<Holdings>>;
@@ -97,6 +129,7 @@ impl Device {
             if c.try_subscribe(1, &[&inbox, &group]).await.is_none() {
                 continue;
             }
+            let subscribed_at = now_ms();
             {
                 let mut h = self.held.lock();
                 h.settled = false;
@@ -112,7 +145,10 @@ impl Device {
             let mut last_receipts = Instant::now();
             loop {
                 match c.poll(100).await {
-                    Err(()) => break,
+                    Err(()) => {
+                        self.held.lock().subscribed.push((subscribed_at, now_ms()));
+                        break;
+                    }
                     Ok(None) => {}
                     Ok(Some((first, body))) if first >> 4 == 3 => {
                         let p = publish_parts(self.level, first, &body);
@@ -137,6 +173,7 @@ impl Device {
                     h.settled = true;
                 }
                 if done.load(Ordering::Acquire) {
+                    h.subscribed.push((subscribed_at, now_ms()));
                     return;
                 }
             }
@@ -255,9 +292,13 @@ impl Device {
                     let mut last = None;
                     let state = h.convs.entry(conv.clone()).or_default();
                     state.fetching = false;
+                    let mut new_ts = Vec::new();
                     for m in &messages {
                         if let Some(seq) = m["seq"].as_u64() {
-                            new += u64::from(state.take(seq));
+                            if state.take(seq) {
+                                new += 1;
+                                new_ts.push(m["ts"].as_i64().unwrap_or(0));
+                            }
                             last = Some(seq);
                         }
                     }
@@ -265,6 +306,7 @@ impl Device {
                     let more_after = if more { last } else { None };
                     let w = state.gap().then_some(state.w);
                     h.caught_up += new;
+                    h.caught_up_ts.extend(new_ts);
                     (more_after, w)
                 };
                 if let Some(after) = more_after.or(w) {
@@ -394,9 +436,11 @@ async fn devices_that_follow_the_protocol_end_with_every_message_through_kill_9(
     let (bob, bob_task) = start_device(port, 4, "bob", &cfg, &done);
     let (dave, dave_task) = start_device(port, 5, "dave", &cfg, &done);
 
+    let mut kill_times = Vec::new();
     for _ in 0..kills {
         let wait = rand::rng().random_range(300..1500);
         tokio::time::sleep(Duration::from_millis(wait)).await;
+        kill_times.push(now_ms());
         child = kill::kill_and_restart(child, &cfg_path, port).await;
     }
     stop.store(true, Ordering::Release);
@@ -409,6 +453,7 @@ async fn devices_that_follow_the_protocol_end_with_every_message_through_kill_9(
     // Everything is stored now. One more restart: bob and dave reconnect and catch up (rule 3);
     // frank connects for the first time.
     let before = [bob.lock().connects, dave.lock().connects, 0];
+    kill_times.push(now_ms());
     child = kill::kill_and_restart(child, &cfg_path, port).await;
     let (frank, frank_task) = start_device(port, 4, "frank", &cfg, &done);
     let devices = [("bob", bob), ("dave", dave), ("frank", frank)];
@@ -448,8 +493,13 @@ async fn devices_that_follow_the_protocol_end_with_every_message_through_kill_9(
             );
         }
         println!(
-            "{user}: {} messages live, {} by catch-up, {} duplicates dropped, {} connects",
-            h.live, h.caught_up, h.duplicates, h.connects
+            "{user}: {} messages live, {} by catch-up ({} of them stored while it was subscribed), \
+             {} duplicates dropped, {} connects",
+            h.live,
+            h.caught_up,
+            h.caught_up_while_subscribed(&kill_times),
+            h.duplicates,
+            h.connects
         );
     }
     println!("{kills} SIGKILLs; {} messages acknowledged", acked.len());
