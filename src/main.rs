@@ -93,7 +93,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            load(&config)?;
+            let cfg = load(&config)?;
+            for w in cfg.store.durability_warnings() {
+                eprintln!("warning: {w}");
+            }
             println!("{}: ok", config.display());
             Ok(())
         }

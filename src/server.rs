@@ -39,6 +39,9 @@ pub struct Server {
 impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let metrics = crate::metrics::install();
+        for w in config.store.durability_warnings() {
+            tracing::warn!("{w}");
+        }
         let store = store::open(&config.store).await?;
         let (stop, stopped) = watch::channel(false);
         let registry = broker::registry::Registry::new();

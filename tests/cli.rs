@@ -63,6 +63,32 @@ fn check_config_names_the_bad_key() {
 }
 
 #[test]
+fn check_config_warns_about_settings_that_can_lose_acknowledged_messages() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path());
+    let quiet = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(quiet.status.success());
+    let quiet = String::from_utf8_lossy(&quiet.stderr);
+    assert!(!quiet.contains("warning"), "{quiet}");
+    let weak = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env("CHATMQ_STORE__SYNCHRONOUS", "normal")
+        .output()
+        .expect("run");
+    assert!(weak.status.success(), "a warning, not an error");
+    let err = String::from_utf8_lossy(&weak.stderr);
+    assert!(
+        err.contains("warning: store.synchronous = \"normal\"") && err.contains("power loss"),
+        "{err}"
+    );
+}
+
+#[test]
 fn serve_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("dir");
     let cfg = config(dir.path());
@@ -78,18 +104,25 @@ fn serve_stops_cleanly_on_sigterm() {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut ready = false;
+    let (mut ready, mut durability) = (false, false);
     while Instant::now() < deadline {
         match lines.next() {
             Some(Ok(line)) if line.contains("chatmq ready") => {
                 ready = true;
                 break;
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(line)) => {
+                // The effective durability settings, as SQLite took them.
+                durability |= line.contains("sqlite store")
+                    && line.contains("synchronous")
+                    && line.contains("FULL")
+                    && line.contains("wal");
+            }
             _ => break,
         }
     }
     assert!(ready, "broker did not report ready");
+    assert!(durability, "no startup line with the effective durability settings");
     let pid = child.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])

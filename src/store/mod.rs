@@ -366,6 +366,19 @@ impl StoreConfig {
     }
 
     /// Checks the backend's settings (`store.<key>: reason`).
+    /// Settings that can lose a message after its sent ack went out (logged at startup,
+    /// printed by `check-config`).
+    pub fn durability_warnings(&self) -> Vec<String> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            StoreConfig::Sqlite(c) => c.durability_warnings(),
+            #[cfg(feature = "scylla")]
+            StoreConfig::Scylla(c) => c.durability_warnings(),
+            #[allow(unreachable_patterns)]
+            _ => Vec::new(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         match self {
             #[cfg(feature = "sqlite")]

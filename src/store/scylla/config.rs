@@ -177,6 +177,25 @@ impl ScyllaConfig {
         }
     }
 
+    /// Settings that can lose a message after its sent ack went out.
+    pub fn durability_warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !self.consistency.is_quorum_or_stronger() {
+            w.push(format!(
+                "store.consistency = {:?}: a write is acknowledged by one replica, so losing \
+                 that node can lose acknowledged messages; use LOCAL_QUORUM (the default)",
+                self.consistency
+            ));
+        }
+        w.push(
+            "ScyllaDB nodes must run with commitlog_sync: batch for an acknowledged write to \
+             survive a power loss (the server's default, periodic, syncs every 10 s); chatmq \
+             cannot check this from the client"
+                .into(),
+        );
+        w
+    }
+
     /// Checks everything that can be checked without a cluster. The error names the key
     /// (relative to `[store]`) and the reason.
     pub fn validate(&self) -> Result<(), String> {

@@ -78,6 +78,19 @@ impl Default for SqliteConfig {
 }
 
 impl SqliteConfig {
+    /// Settings that can lose a message after its sent ack went out.
+    pub fn durability_warnings(&self) -> Vec<String> {
+        match self.synchronous {
+            Synchronous::Normal => vec![
+                "store.synchronous = \"normal\": the WAL is not synced at commit, so a power \
+                 loss or kernel crash can roll back messages whose sent ack went out; use \
+                 \"full\" (the default)"
+                    .into(),
+            ],
+            Synchronous::Full | Synchronous::Extra => Vec::new(),
+        }
+    }
+
     /// Checks the settings; the error names the key and the reason.
     pub fn validate(&self) -> Result<(), String> {
         if self.path.as_os_str().is_empty() {

@@ -216,6 +216,22 @@ fn configure_writer(conn: &Connection, cfg: &SqliteConfig, busy: Duration) -> Db
     conn.pragma_update(None, "synchronous", cfg.synchronous.pragma())?;
     // A burst can grow the WAL far beyond its steady size; trim it back after checkpoints.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    // The settings as SQLite took them, for the operator: they decide what a sent ack means.
+    let synchronous: i64 = conn.pragma_query_value(None, "synchronous", |row| row.get(0))?;
+    let synchronous = match synchronous {
+        0 => "OFF",
+        1 => "NORMAL",
+        2 => "FULL",
+        3 => "EXTRA",
+        _ => "unknown",
+    };
+    tracing::info!(
+        path = %cfg.path.display(),
+        journal_mode = %mode,
+        synchronous,
+        group_commit_max_batch = cfg.group_commit_max_batch,
+        "sqlite store: each group commit is one transaction, acknowledged only after it commits"
+    );
     conn.set_prepared_statement_cache_capacity(64);
     apply_schema(conn)
 }
