@@ -122,7 +122,10 @@ fn serve_stops_cleanly_on_sigterm() {
         }
     }
     assert!(ready, "broker did not report ready");
-    assert!(durability, "no startup line with the effective durability settings");
+    assert!(
+        durability,
+        "no startup line with the effective durability settings"
+    );
     let pid = child.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])

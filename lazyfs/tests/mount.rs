@@ -1,0 +1,61 @@
+//! The filesystem mounted for real: files written through the kernel keep exactly what was
+//! synced across a power cut.
+
+use chatmq_lazyfs::{Cut, LazyFs};
+use std::io::Write;
+
+/// Whether this machine can mount FUSE; otherwise why not. With `CHATMQ_REQUIRE_SERVICES=1`
+/// (CI) a missing piece fails the test instead.
+fn fuse_missing() -> Option<String> {
+    let why = if !std::path::Path::new("/dev/fuse").exists() {
+        Some("/dev/fuse missing".to_owned())
+    } else if std::process::Command::new("fusermount3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        Some("fusermount3 missing (Debian package fuse3)".to_owned())
+    } else {
+        None
+    };
+    if let Some(why) = &why {
+        assert!(
+            std::env::var("CHATMQ_REQUIRE_SERVICES").is_err(),
+            "FUSE needed: {why}"
+        );
+        eprintln!("skipped: {why}");
+    }
+    why
+}
+
+#[test]
+fn a_power_cut_keeps_synced_data_and_drops_the_rest() {
+    if fuse_missing().is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let fs = LazyFs::new();
+    let mut m = fs.mount(dir.path()).expect("mount");
+    let synced = m.path().join("synced");
+    let lazy = m.path().join("lazy");
+    {
+        let mut f = std::fs::File::create(&synced).expect("create");
+        f.write_all(b"kept").expect("write");
+        f.sync_data().expect("fdatasync");
+        f.write_all(b" and lost").expect("write");
+        let mut g = std::fs::File::create(&lazy).expect("create");
+        g.write_all(b"lost").expect("write");
+        assert_eq!(std::fs::read(&synced).expect("read"), b"kept and lost");
+    }
+    let report = m.power_cut(Cut::Clean).expect("cut");
+    assert_eq!(std::fs::read(&synced).expect("read"), b"kept");
+    assert_eq!(std::fs::read(&lazy).expect("read"), b"");
+    assert_eq!((report.files_rolled_back, report.bytes_lost), (2, 13));
+    // Written and synced after the cut: kept by the next one.
+    std::fs::write(&lazy, b"now synced").expect("write");
+    std::fs::File::open(&lazy)
+        .and_then(|f| f.sync_all())
+        .expect("fsync");
+    m.power_cut(Cut::Clean).expect("cut");
+    assert_eq!(std::fs::read(&lazy).expect("read"), b"now synced");
+}
