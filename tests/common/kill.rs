@@ -24,11 +24,22 @@ pub fn free_port() -> u16 {
 
 /// A broker config on `port` with its SQLite file in `dir`, rate limits out of the way.
 pub fn write_config(dir: &Path, port: u16) -> (std::path::PathBuf, Config) {
+    write_config_with(dir, &dir.join("chatmq.db"), port, "")
+}
+
+/// The same with the database at `db` and `store_extra` lines added to `[store]`; the config
+/// file goes to `dir`.
+pub fn write_config_with(
+    dir: &Path,
+    db: &Path,
+    port: u16,
+    store_extra: &str,
+) -> (std::path::PathBuf, Config) {
     let text = format!(
-        "[mqtt]\nlisten = \"127.0.0.1:{port}\"\n[http]\n[auth]\nsecret = \"{SECRET}\"\n\
-         [store]\nbackend = \"sqlite\"\npath = \"{}\"\n\
+        "[mqtt]\nlisten = \"127.0.0.1:{port}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n\
+         [store]\nbackend = \"sqlite\"\npath = \"{}\"\n{store_extra}\n\
          [chat]\nrate_per_sec = 100000.0\nrate_burst = 100000.0\n",
-        dir.join("chatmq.db").display()
+        db.display()
     );
     let path = dir.join("broker.toml");
     std::fs::write(&path, &text).expect("config");
