@@ -4,9 +4,9 @@
 //! mode the unsynced writes reach "disk" in order except the last one, of which only a part of
 //! its first page lands (a torn write).
 //!
-//! Directory operations (create, unlink, rename, truncate to a new size is data) are durable
-//! at once, as on a journaling filesystem; only file data is lazy — the same model as the
-//! LazyFS tool Jepsen uses.
+//! Directory operations (create, unlink, rename) are durable at once, as on a journaling
+//! filesystem; only file data is lazy, truncates included — the same model as the LazyFS tool
+//! Jepsen uses.
 //!
 //! Mounting needs `/dev/fuse`, `fusermount3` (Debian `fuse3`) and the right to mount (root in
 //! CI). A cut happens with the filesystem unmounted, so no kernel cache outlives it:
