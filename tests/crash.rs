@@ -54,24 +54,13 @@ async fn receiver(port: u16, token: String, got: Got, done: Arc<AtomicBool>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing_acknowledged() {
-    let kills: usize = std::env::var("CHATMQ_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let kills = kill::env_count("CHATMQ_CRASH_KILLS", 20);
     let dir = tempfile::tempdir().expect("dir");
     let port = kill::free_port();
     let (cfg_path, cfg) = kill::write_config(dir.path(), port);
 
     // The group exists before the first start.
-    {
-        let store = chatmq::store::open(&cfg.store).await.expect("store");
-        let members = ["bob".to_owned(), "carol".to_owned()];
-        store
-            .create_group(GID, "crash", "alice", &members, 1, 100)
-            .await
-            .expect("group");
-        store.flush().await.expect("flush");
-    }
+    kill::create_group(&cfg, GID, &["bob", "carol"]).await;
 
     let token = |u: &str| token_ttl(&cfg, u, 3600);
     let ledger: Shared = Arc::default();
@@ -83,28 +72,16 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
 
     let dm = ConvId::direct("alice", "bob");
     let group = ConvId(format!("g:{GID}"));
-    let senders = vec![
-        tokio::spawn(kill::sender(
-            port,
-            5,
-            token("alice"),
-            "alice",
-            "u:bob".into(),
-            dm.clone(),
-            ledger.clone(),
-            stop.clone(),
-        )),
-        tokio::spawn(kill::sender(
-            port,
-            5,
-            token("carol"),
-            "carol",
-            format!("g:{GID}"),
-            group.clone(),
-            ledger.clone(),
-            stop.clone(),
-        )),
-    ];
+    let senders = kill::spawn_senders(
+        port,
+        &cfg,
+        vec![
+            ("alice", 5, "u:bob".into(), dm.clone()),
+            ("carol", 5, format!("g:{GID}"), group.clone()),
+        ],
+        &ledger,
+        &stop,
+    );
     let bob = tokio::spawn(receiver(port, token("bob"), bob_got.clone(), done.clone()));
 
     for _ in 0..kills {
@@ -113,12 +90,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         child = kill::kill_and_restart(child, &cfg_path, port).await;
     }
     stop.store(true, Ordering::Release);
-    for s in senders {
-        tokio::time::timeout(Duration::from_secs(120), s)
-            .await
-            .expect("senders finish after the kills")
-            .expect("sender task");
-    }
+    kill::join_senders(senders).await;
     // bob must have every acknowledged DM.
     let want: HashSet<String> = ledger
         .lock()

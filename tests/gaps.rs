@@ -371,7 +371,10 @@ async fn settled(devices: &[(&str, Held)], connects_after: &[u64]) {
             "devices did not settle: {:?}",
             devices
                 .iter()
-                .map(|(u, h)| (u, h.lock().settled, h.lock().connects))
+                .map(|(u, h)| {
+                    let h = h.lock();
+                    (u, h.settled, h.connects)
+                })
                 .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -380,58 +383,30 @@ async fn settled(devices: &[(&str, Held)], connects_after: &[u64]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_that_follow_the_protocol_end_with_every_message_through_kill_9() {
-    let kills: usize = std::env::var("CHATMQ_GAPS_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+    let kills = kill::env_count("CHATMQ_GAPS_KILLS", 12);
     let dir = tempfile::tempdir().expect("dir");
     let port = kill::free_port();
     let (cfg_path, cfg) = kill::write_config(dir.path(), port);
-    {
-        let store = chatmq::store::open(&cfg.store).await.expect("store");
-        let members: Vec<String> = ["bob", "carol", "dave", "frank"]
-            .iter()
-            .map(|u| u.to_string())
-            .collect();
-        store
-            .create_group(GID, "crew", "alice", &members, 1, 100)
-            .await
-            .expect("group");
-        store.flush().await.expect("flush");
-    }
+    kill::create_group(&cfg, GID, &["bob", "carol", "dave", "frank"]).await;
     let mut child = kill::spawn(&cfg_path);
     kill::wait_listening(port).await;
 
     let ledger: Shared = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let token = |u: &str| token_ttl(&cfg, u, 3600);
     let group = ConvId::group(GID);
     let (bob_dm, dave_dm) = (
         ConvId::direct("bob", "erin"),
         ConvId::direct("dave", "gina"),
     );
     // Senders at both protocol levels, to the group and to two DMs.
-    let senders = [
+    let senders = vec![
         ("alice", 5, format!("g:{GID}"), group.clone()),
         ("carol", 4, format!("g:{GID}"), group.clone()),
         ("erin", 4, "u:bob".to_owned(), bob_dm.clone()),
         ("gina", 5, "u:dave".to_owned(), dave_dm.clone()),
-    ]
-    .into_iter()
-    .map(|(me, level, to, conv)| {
-        tokio::spawn(kill::sender(
-            port,
-            level,
-            token(me),
-            me,
-            to,
-            conv,
-            ledger.clone(),
-            stop.clone(),
-        ))
-    })
-    .collect::<Vec<_>>();
+    ];
+    let senders = kill::spawn_senders(port, &cfg, senders, &ledger, &stop);
     // Devices online through the kills (3.1.1 and 5.0); frank stays away until the end.
     let (bob, bob_task) = start_device(port, 4, "bob", &cfg, &done);
     let (dave, dave_task) = start_device(port, 5, "dave", &cfg, &done);
@@ -444,12 +419,7 @@ async fn devices_that_follow_the_protocol_end_with_every_message_through_kill_9(
         child = kill::kill_and_restart(child, &cfg_path, port).await;
     }
     stop.store(true, Ordering::Release);
-    for s in senders {
-        tokio::time::timeout(Duration::from_secs(120), s)
-            .await
-            .expect("senders finish after the kills")
-            .expect("sender task");
-    }
+    kill::join_senders(senders).await;
     // Everything is stored now. One more restart: bob and dave reconnect and catch up (rule 3);
     // frank connects for the first time.
     let before = [bob.lock().connects, dave.lock().connects, 0];

@@ -26,30 +26,6 @@ use std::time::{Duration, Instant};
 
 const GID: &str = "gpower";
 
-/// Whether FUSE can be mounted here; otherwise why not (a failure under
-/// `CHATMQ_REQUIRE_SERVICES=1`).
-fn fuse_missing() -> Option<String> {
-    let why = if !std::path::Path::new("/dev/fuse").exists() {
-        Some("/dev/fuse missing".to_owned())
-    } else if std::process::Command::new("fusermount3")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        Some("fusermount3 missing (Debian package fuse3)".to_owned())
-    } else {
-        None
-    };
-    if let Some(why) = &why {
-        assert!(
-            std::env::var("CHATMQ_REQUIRE_SERVICES").is_err(),
-            "FUSE needed: {why}"
-        );
-        eprintln!("skipped: {why}");
-    }
-    why
-}
-
 /// The filesystem, served by this test binary run again as its `lazyfs_server` test: a FUSE
 /// server must not touch its own mount (the test opens the store through it, and SQLite maps
 /// files into memory: page faults served by the faulting process deadlock).
@@ -175,15 +151,7 @@ async fn run(cuts: usize, synchronous: &str) -> Outcome {
     let port = kill::free_port();
     let extra = format!("synchronous = \"{synchronous}\"");
     let (cfg_path, cfg) = kill::write_config_with(dir.path(), &mnt.join("chatmq.db"), port, &extra);
-    {
-        let store = chatmq::store::open(&cfg.store).await.expect("store");
-        let members = ["bob".to_owned(), "carol".to_owned()];
-        store
-            .create_group(GID, "power", "alice", &members, 1, 100)
-            .await
-            .expect("group");
-        store.flush().await.expect("flush");
-    }
+    kill::create_group(&cfg, GID, &["bob", "carol"]).await;
     let mut child = kill::spawn(&cfg_path);
     kill::wait_listening(port).await;
 
@@ -191,24 +159,11 @@ async fn run(cuts: usize, synchronous: &str) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let token = |u: &str| token_ttl(&cfg, u, 3600);
     let (dm, group) = (ConvId::direct("alice", "bob"), ConvId::group(GID));
-    let senders = [
+    let senders = vec![
         ("alice", 5, "u:bob".to_owned(), dm.clone()),
         ("carol", 4, format!("g:{GID}"), group.clone()),
-    ]
-    .into_iter()
-    .map(|(me, level, to, conv)| {
-        tokio::spawn(kill::sender(
-            port,
-            level,
-            token(me),
-            me,
-            to,
-            conv,
-            ledger.clone(),
-            stop.clone(),
-        ))
-    })
-    .collect::<Vec<_>>();
+    ];
+    let senders = kill::spawn_senders(port, &cfg, senders, &ledger, &stop);
 
     let mut torn = 0;
     for i in 0..cuts {
@@ -230,12 +185,7 @@ async fn run(cuts: usize, synchronous: &str) -> Outcome {
         kill::wait_listening(port).await;
     }
     stop.store(true, Ordering::Release);
-    for s in senders {
-        tokio::time::timeout(Duration::from_secs(120), s)
-            .await
-            .expect("senders finish after the cuts")
-            .expect("sender task");
-    }
+    kill::join_senders(senders).await;
     let acked = ledger.lock().acked.clone();
     let undelivered = undelivered_dms(port, &token("bob"), &acked, &dm).await;
     kill::terminate(child);
@@ -315,15 +265,12 @@ async fn undelivered_dms(
 }
 
 fn cuts() -> usize {
-    std::env::var("CHATMQ_POWER_CUTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10)
+    kill::env_count("CHATMQ_POWER_CUTS", 10)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_lose_nothing_acknowledged() {
-    if fuse_missing().is_some() {
+    if chatmq_lazyfs::skip_without_fuse() {
         return;
     }
     let o = run(cuts(), "full").await;
@@ -346,7 +293,7 @@ async fn power_cuts_lose_nothing_acknowledged() {
 /// The negative control: without a sync at commit the same cuts lose acknowledged messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_sync_at_commit_power_cuts_lose_acknowledged_messages() {
-    if fuse_missing().is_some() {
+    if chatmq_lazyfs::skip_without_fuse() {
         return;
     }
     let o = run(cuts(), "normal").await;

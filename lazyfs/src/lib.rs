@@ -29,6 +29,29 @@ const TTL: Duration = Duration::ZERO;
 const ROOT: u64 = fuser::FUSE_ROOT_ID;
 const PAGE: usize = 4096;
 
+/// Why FUSE cannot be mounted on this machine, if it cannot (no `/dev/fuse`, no
+/// `fusermount3`). Tests call it first: with `CHATMQ_REQUIRE_SERVICES` set (CI) a missing piece
+/// is a failure; otherwise the test says `skipped: …` and returns.
+pub fn skip_without_fuse() -> bool {
+    let why = if !Path::new("/dev/fuse").exists() {
+        "/dev/fuse missing"
+    } else if std::process::Command::new("fusermount3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        "fusermount3 missing (Debian package fuse3)"
+    } else {
+        return false;
+    };
+    assert!(
+        std::env::var_os("CHATMQ_REQUIRE_SERVICES").is_none(),
+        "FUSE needed: {why}"
+    );
+    eprintln!("skipped: {why}");
+    true
+}
+
 /// What a power cut keeps of the writes since the last sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cut {
@@ -150,6 +173,18 @@ impl State {
         self.nodes.insert(ino, node);
         self.next_ino += 1;
         Ok(ino)
+    }
+
+    /// A new empty file `name` in `parent`: its attributes.
+    fn create_file(&mut self, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr, i32> {
+        let file = Node::File {
+            data: Vec::new(),
+            synced: Vec::new(),
+            unsynced: Vec::new(),
+            perm: (mode & 0o7777) as u16,
+        };
+        let ino = self.add(parent, name, file)?;
+        self.attr(ino).ok_or(ENOENT)
     }
 
     fn sync(&mut self, ino: u64) {
@@ -374,16 +409,8 @@ impl Filesystem for LazyFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mut s = self.state.lock();
-        let file = Node::File {
-            data: Vec::new(),
-            synced: Vec::new(),
-            unsynced: Vec::new(),
-            perm: (mode & 0o7777) as u16,
-        };
-        match s.add(parent, name, file).map(|ino| s.attr(ino)) {
-            Ok(Some(a)) => reply.entry(&TTL, &a, 0),
-            Ok(None) => reply.error(ENOENT),
+        match self.state.lock().create_file(parent, name, mode) {
+            Ok(a) => reply.entry(&TTL, &a, 0),
             Err(e) => reply.error(e),
         }
     }
@@ -398,16 +425,8 @@ impl Filesystem for LazyFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let mut s = self.state.lock();
-        let file = Node::File {
-            data: Vec::new(),
-            synced: Vec::new(),
-            unsynced: Vec::new(),
-            perm: (mode & 0o7777) as u16,
-        };
-        match s.add(parent, name, file).map(|ino| s.attr(ino)) {
-            Ok(Some(a)) => reply.created(&TTL, &a, 0, 0, 0),
-            Ok(None) => reply.error(ENOENT),
+        match self.state.lock().create_file(parent, name, mode) {
+            Ok(a) => reply.created(&TTL, &a, 0, 0, 0),
             Err(e) => reply.error(e),
         }
     }
@@ -624,11 +643,11 @@ mod tests {
     #[test]
     fn a_clean_cut_keeps_exactly_what_was_synced() {
         let mut s = State::new();
-        let a = s.add(ROOT, OsStr::new("a"), file()).expect("a");
+        let a = s.create_file(ROOT, OsStr::new("a"), 0o644).expect("a").ino;
         write(&mut s, a, 0, b"hello ");
         s.sync(a);
         write(&mut s, a, 6, b"world");
-        let b = s.add(ROOT, OsStr::new("b"), file()).expect("b");
+        let b = s.create_file(ROOT, OsStr::new("b"), 0o644).expect("b").ino;
         write(&mut s, b, 0, b"never synced");
         let r = s.cut(Cut::Clean);
         assert_eq!(content(&s, a), b"hello ");
@@ -648,7 +667,7 @@ mod tests {
     #[test]
     fn a_torn_cut_keeps_earlier_writes_and_part_of_the_last() {
         let mut s = State::new();
-        let a = s.add(ROOT, OsStr::new("a"), file()).expect("a");
+        let a = s.create_file(ROOT, OsStr::new("a"), 0o644).expect("a").ino;
         write(&mut s, a, 0, b"0123");
         s.sync(a);
         write(&mut s, a, 4, b"4567");
@@ -664,7 +683,7 @@ mod tests {
     #[test]
     fn truncates_are_data_too() {
         let mut s = State::new();
-        let a = s.add(ROOT, OsStr::new("a"), file()).expect("a");
+        let a = s.create_file(ROOT, OsStr::new("a"), 0o644).expect("a").ino;
         write(&mut s, a, 0, b"0123456789");
         s.sync(a);
         if let Some(Node::File { data, unsynced, .. }) = s.nodes.get_mut(&a) {
@@ -673,15 +692,6 @@ mod tests {
         }
         s.cut(Cut::Clean);
         assert_eq!(content(&s, a), b"0123456789");
-    }
-
-    fn file() -> Node {
-        Node::File {
-            data: Vec::new(),
-            synced: Vec::new(),
-            unsynced: Vec::new(),
-            perm: 0o644,
-        }
     }
 
     fn write(s: &mut State, ino: u64, off: u64, bytes: &[u8]) {

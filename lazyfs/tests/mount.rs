@@ -4,33 +4,9 @@
 use chatmq_lazyfs::{Cut, LazyFs};
 use std::io::Write;
 
-/// Whether this machine can mount FUSE; otherwise why not. With `CHATMQ_REQUIRE_SERVICES=1`
-/// (CI) a missing piece fails the test instead.
-fn fuse_missing() -> Option<String> {
-    let why = if !std::path::Path::new("/dev/fuse").exists() {
-        Some("/dev/fuse missing".to_owned())
-    } else if std::process::Command::new("fusermount3")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        Some("fusermount3 missing (Debian package fuse3)".to_owned())
-    } else {
-        None
-    };
-    if let Some(why) = &why {
-        assert!(
-            std::env::var("CHATMQ_REQUIRE_SERVICES").is_err(),
-            "FUSE needed: {why}"
-        );
-        eprintln!("skipped: {why}");
-    }
-    why
-}
-
 #[test]
 fn a_power_cut_keeps_synced_data_and_drops_the_rest() {
-    if fuse_missing().is_some() {
+    if chatmq_lazyfs::skip_without_fuse() {
         return;
     }
     let dir = tempfile::tempdir().expect("dir");

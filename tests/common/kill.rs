@@ -86,6 +86,55 @@ pub fn terminate(mut child: Child) {
     let _ = child.wait();
 }
 
+/// A count from the environment (`CHATMQ_CRASH_KILLS`, …), else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Creates group `gid` (alice its admin, `members` besides) in the store of `cfg` before the
+/// broker first starts.
+pub async fn create_group(cfg: &Config, gid: &str, members: &[&str]) {
+    let store = chatmq::store::open(&cfg.store).await.expect("store");
+    let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+    store
+        .create_group(gid, gid, "alice", &members, 1, 100)
+        .await
+        .expect("group");
+    store.flush().await.expect("flush");
+}
+
+/// One resending sender per `(user, MQTT level, to, conversation)`, all writing to `ledger`
+/// until `stop`.
+pub fn spawn_senders(
+    port: u16,
+    cfg: &Config,
+    senders: Vec<(&'static str, u8, String, ConvId)>,
+    ledger: &Shared,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    senders
+        .into_iter()
+        .map(|(me, level, to, conv)| {
+            let token = token_ttl(cfg, me, 3600);
+            let (ledger, stop) = (ledger.clone(), stop.clone());
+            tokio::spawn(sender(port, level, token, me, to, conv, ledger, stop))
+        })
+        .collect()
+}
+
+/// Waits (up to 120 s) for the senders to have a sent receipt for everything.
+pub async fn join_senders(senders: Vec<tokio::task::JoinHandle<()>>) {
+    for s in senders {
+        tokio::time::timeout(Duration::from_secs(120), s)
+            .await
+            .expect("senders finish after the kills")
+            .expect("sender task");
+    }
+}
+
 /// What the senders saw acknowledged.
 #[derive(Default)]
 pub struct Ledger {

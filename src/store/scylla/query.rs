@@ -31,6 +31,19 @@ impl ScyllaStore {
         self.exec(st, values, what).await.map(drop)
     }
 
+    /// The rows a read returned, not yet typed.
+    async fn rows_result(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+        what: &str,
+    ) -> StoreResult<scylla::response::query_result::QueryRowsResult> {
+        self.exec(st, values, what)
+            .await?
+            .into_rows_result()
+            .ctx(what)
+    }
+
     pub(super) async fn maybe_row<R>(
         &self,
         st: &PreparedStatement,
@@ -40,11 +53,7 @@ impl ScyllaStore {
     where
         R: for<'f> DeserializeRow<'f, 'f>,
     {
-        let rows = self
-            .exec(st, values, what)
-            .await?
-            .into_rows_result()
-            .ctx(what)?;
+        let rows = self.rows_result(st, values, what).await?;
         rows.maybe_first_row::<R>().ctx(what)
     }
 
@@ -58,11 +67,7 @@ impl ScyllaStore {
     where
         R: for<'f> DeserializeRow<'f, 'f>,
     {
-        let rows = self
-            .exec(st, values, what)
-            .await?
-            .into_rows_result()
-            .ctx(what)?;
+        let rows = self.rows_result(st, values, what).await?;
         rows.rows::<R>()
             .ctx(what)?
             .collect::<Result<Vec<R>, _>>()
